@@ -1,0 +1,46 @@
+# The two set-up commands: `make train` (the main job) and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train test test-reference lab notebooks bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+## make train: generate the shapes data (if missing), train the tiny preset, evaluate, write runs/tiny/
+train: $(STAMP)
+	$(BIN)/python -m minimaskrcnn train --preset tiny --data data/shapes --out runs/tiny
+
+## make test: unit tests, then every notebook re-executed and compared with its committed outputs (nbval)
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider notebooks
+
+## make test-reference: parity tests against torchvision, in a separate venv with a CUDA build of torch
+test-reference:
+	bash .ci/reference-venv.sh .venv-reference >/dev/null
+	.venv-reference/bin/python -m pip install -q -e . --no-deps
+	.venv-reference/bin/python -m pytest tests -m reference
+
+## make lab: JupyterLab on the notebooks
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+## make notebooks: re-execute the notebooks in place and strip volatile metadata (NB=notebooks/05_rpn.ipynb for one)
+NB ?= notebooks/*.ipynb
+notebooks: $(STAMP)
+	$(BIN)/python .ci/execute_notebooks.py $(NB)
+
+## make bench: the speed and memory benchmarks
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
