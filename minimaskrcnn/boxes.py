@@ -1,0 +1,121 @@
+"""Box geometry: areas, IoU, clipping, delta coding and non-maximum suppression.
+
+Built in notebooks/02_iou_matching.ipynb (IoU) and notebooks/03_box_coding_nms.ipynb (coding, NMS).
+
+Shape glossary
+    N, M   numbers of boxes
+    C      number of classes whose deltas are stacked side by side (C = 1 for the RPN)
+Boxes are absolute (x1, y1, x2, y2) floats; width = x2 - x1 (no "+1").
+"""
+import math
+
+import torch
+from torch import Tensor
+
+# Largest log-scale change a predicted delta may ask for: exp(4.135) = 1000 / 16 (as in Detectron).
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """boxes: Tensor[N, 4] (x1, y1, x2, y2) -> Tensor[N] areas."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise intersection over union. boxes1: Tensor[N, 4], boxes2: Tensor[M, 4] -> Tensor[N, M].
+
+    Same semantics as torchvision.ops.box_iou (0/0 for two empty boxes gives NaN there too).
+    """
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
+    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2[None, :] - inter)
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip boxes: Tensor[..., 4] to an image of size (height, width)."""
+    height, width = size
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices (Tensor[K] int64) of boxes: Tensor[N, 4] whose width and height are both >= min_size."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return torch.where((w >= min_size) & (h >= min_size))[0]
+
+
+def encode_boxes(targets: Tensor, anchors: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
+    """Deltas that turn anchors into targets. targets, anchors: Tensor[N, 4] -> Tensor[N, 4] (dx, dy, dw, dh).
+
+    dx = wx * (tx - ax) / aw, dy = wy * (ty - ay) / ah, dw = ww * log(tw / aw), dh = wh * log(th / ah),
+    with centres (x, y) and sizes (w, h). Built in notebooks/03_box_coding_nms.ipynb.
+    """
+    wx, wy, ww, wh = weights
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    tw, th = targets[:, 2] - targets[:, 0], targets[:, 3] - targets[:, 1]
+    tx, ty = targets[:, 0] + 0.5 * tw, targets[:, 1] + 0.5 * th
+    return torch.stack(
+        (wx * (tx - ax) / aw, wy * (ty - ay) / ah, ww * torch.log(tw / aw), wh * torch.log(th / ah)), dim=1
+    )
+
+
+def decode_boxes(
+    deltas: Tensor,
+    anchors: Tensor,
+    weights: tuple[float, float, float, float],
+    clamp: float = BBOX_XFORM_CLIP,
+) -> Tensor:
+    """Apply deltas: Tensor[N, C*4] to anchors: Tensor[N, 4] -> boxes Tensor[N, C*4].
+
+    The inverse of encode_boxes; dw and dh are clamped to `clamp` first so exp() cannot overflow.
+    Built in notebooks/03_box_coding_nms.ipynb.
+    """
+    wx, wy, ww, wh = weights
+    anchors = anchors.to(deltas.dtype)
+    aw, ah = anchors[:, 2:3] - anchors[:, 0:1], anchors[:, 3:4] - anchors[:, 1:2]  # (N, 1)
+    ax, ay = anchors[:, 0:1] + 0.5 * aw, anchors[:, 1:2] + 0.5 * ah
+    dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy  # (N, C)
+    dw = (deltas[:, 2::4] / ww).clamp(max=clamp)
+    dh = (deltas[:, 3::4] / wh).clamp(max=clamp)
+    cx, cy = dx * aw + ax, dy * ah + ay
+    half_w, half_h = 0.5 * torch.exp(dw) * aw, 0.5 * torch.exp(dh) * ah
+    boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)  # (N, C, 4)
+    return boxes.flatten(1)  # (N, C, 4) -> (N, C*4)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression, as torchvision.ops.nms.
+
+    boxes: Tensor[N, 4], scores: Tensor[N] -> indices Tensor[K] int64 of the kept boxes, by decreasing score.
+    A box is dropped when its IoU with a higher-scoring kept box is > iou_threshold.
+    Built in notebooks/03_box_coding_nms.ipynb.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_boxes = boxes[order]
+    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
+    overlaps = box_iou(sorted_boxes, sorted_boxes) > iou_threshold  # (N, N): row i would suppress column j
+    overlaps = overlaps.triu(diagonal=1).cpu().numpy()
+    keep_np = keep.cpu().numpy()
+    for i in range(len(keep_np)):
+        if keep_np[i]:
+            keep_np[i + 1 :] &= ~overlaps[i, i + 1 :]
+    return order[torch.from_numpy(keep_np).to(boxes.device)]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS done independently per category idxs: Tensor[N] int64, as torchvision.ops.batched_nms.
+
+    Boxes of different categories are shifted apart by more than the whole extent of the boxes so they can never
+    overlap; one nms call then does every category at once (no Python loop over categories).
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    offsets = idxs.to(boxes) * (boxes.max() - boxes.min() + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)

@@ -1,0 +1,1 @@
+"""Matplotlib drawing, one submodule per stage (model code never imports this package)."""

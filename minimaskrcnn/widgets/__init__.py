@@ -1,0 +1,1 @@
+"""ipywidgets explorers built on minimaskrcnn.viz; every callback is a plain function the tests call."""
