@@ -1,0 +1,457 @@
+"""Training engine: the optimisation loop, learning-rate schedule, checkpoints, resume, evaluation, distributed runs.
+
+Built in notebooks/11_train_on_gpu.ipynb.
+
+The loop counts optimiser *steps*, not epochs, and everything random depends only on (seed, step):
+- data order: a DistributedSampler (one replica when not distributed) reshuffled with `set_epoch(epoch)`, where
+  epoch = step // steps_per_epoch; a resumed run skips the batches of the current epoch already seen;
+- augmentation: each sample is loaded under its own seed derived from (seed, epoch, index) (`SeededDataset`);
+- the model's own randomness (RPN / RoI sampling): torch's generator is re-seeded from (seed, step, rank) before
+  every step.
+So a run stopped after any checkpoint and resumed ends with the same weights as an uninterrupted run (on the CPU).
+
+Checkpoints are written atomically (temporary file, then os.replace): a process killed at any moment leaves either
+the previous checkpoint or the new one, never half a file.
+
+Shape glossary
+    N      images per step on one process (TrainConfig.batch_size)
+    P      number of processes (world size) under torchrun
+"""
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from minimaskrcnn.evaluation import IOU_TYPES, evaluate_predictions, format_metrics, predict_dataset
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+LOSS_PLOT_NAME = "loss_curve.png"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # total optimiser steps of the run (the schedule spans them all)
+    batch_size: int = 4  # images per step on each process
+    lr: float = 0.02  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 penalty applied by SGD to every trainable parameter
+    warmup_steps: int = 100  # linear warm-up length in steps
+    warmup_factor: float = 0.001  # learning rate at step 0 as a fraction of `lr`
+    schedule: str = "cosine"  # after warm-up: "cosine" (to 0 at the last step) or "step" (x gamma at milestones)
+    milestones: tuple = (0.7, 0.9)  # "step" schedule: fractions of `steps` where the rate is multiplied by gamma
+    gamma: float = 0.1  # "step" schedule decay factor
+    clip_grad_norm: float | None = 10.0  # clip the global gradient norm to this (None: no clipping)
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); ignored on CPU
+    seed: int = 0  # the one seed data order, augmentation and model sampling derive from
+    log_every: int = 10  # write a metrics record every this many steps
+    eval_every: int = 0  # evaluate on the validation set every this many steps (0: only at the end)
+    checkpoint_every: int = 100  # write the checkpoint every this many steps (and always at the end)
+    max_nonfinite: int = 5  # this many non-finite losses in a row stop the run with an error
+    num_workers: int = 0  # DataLoader worker processes
+    eval_batch_size: int = 8  # images per inference batch during evaluation
+    progress: bool = True  # show a tqdm progress bar (rank 0 only)
+    find_unused_parameters: bool = True  # passed to DistributedDataParallel
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"TrainConfig.schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainConfig: steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+
+
+class WarmupSchedule:
+    """Learning-rate multiplier of step t: linear warm-up from `warmup_factor` to 1, then cosine or step decay.
+
+    A class (not a closure) so that LambdaLR can save it in its state dict.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.total, self.warmup, self.factor = cfg.steps, cfg.warmup_steps, cfg.warmup_factor
+        self.schedule, self.gamma = cfg.schedule, cfg.gamma
+        self.milestones = [int(m * cfg.steps) for m in cfg.milestones]
+
+    def __call__(self, step: int) -> float:
+        warm = 1.0
+        if step < self.warmup:
+            alpha = step / self.warmup
+            warm = self.factor * (1 - alpha) + alpha
+        if self.schedule == "step":
+            return warm * self.gamma ** sum(step >= m for m in self.milestones)
+        progress = min(max(step - self.warmup, 0) / max(self.total - self.warmup, 1), 1.0)
+        return warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------------- randomness
+def _mix(*numbers: int) -> int:
+    """A deterministic 63-bit seed from a few integers."""
+    h = 0
+    for n in numbers:
+        h = (h * 1_000_003 + int(n) + 0x9E3779B9) % (2**63 - 1)
+    return h
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Wraps a dataset so that item (index, seed) is loaded with every generator seeded by `seed`.
+
+    Random transforms then depend only on the seed the sampler hands out, not on the process or worker that loads it.
+    The caller's generator states are restored afterwards.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class StepBatchSampler(Sampler):
+    """Yields the batches of steps start_step .. total_steps - 1 as lists of (index, sample seed).
+
+    Epoch e is a DistributedSampler permutation with set_epoch(e) (num_replicas=1 outside torchrun), cut into
+    steps_per_epoch batches of batch_size (an incomplete last batch is dropped).
+    """
+
+    def __init__(self, dataset_len, batch_size, seed, start_step, total_steps, rank=0, world_size=1):
+        self.sampler = DistributedSampler(range(dataset_len), num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=False)
+        self.batch_size, self.seed = batch_size, seed
+        self.start_step, self.total_steps = start_step, total_steps
+        self.steps_per_epoch = len(self.sampler) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"StepBatchSampler: {dataset_len} images over {world_size} process(es) cannot fill one "
+                             f"batch of {batch_size}; lower the batch size")
+
+    def __len__(self):
+        return self.total_steps - self.start_step
+
+    def __iter__(self):
+        step = self.start_step
+        while step < self.total_steps:
+            epoch, first = divmod(step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+            for b in range(first, self.steps_per_epoch):
+                if step >= self.total_steps:
+                    return
+                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                yield [(i, _mix(self.seed, epoch, i)) for i in idx]
+                step += 1
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def collate(batch):
+    """[(image, target), ...] -> (list of images, list of targets): images of different sizes stay separate."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+# --------------------------------------------------------------------------------------------------- distributed
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU). Returns (rank, world, local_rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return get_rank(), get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def unwrap(model):
+    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, **state) -> None:
+    """torch.save(state) to a temporary file next to `path`, flushed to disk, then renamed over `path` (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def model_from_checkpoint(path, map_location="cpu"):
+    """Rebuild the model saved by `train` (its checkpoint records preset, num_classes and overrides).
+
+    Returns (model in eval mode, checkpoint dict).
+    """
+    from minimaskrcnn.model import build_model
+
+    ckpt = load_checkpoint(path, map_location)
+    info = ckpt.get("model_info") or {}
+    if "preset" not in info or "num_classes" not in info:
+        raise ValueError(f"checkpoint {path} has no model_info (preset, num_classes): it was not written by train()")
+    model = build_model(info["preset"], info["num_classes"], **info.get("overrides", {}))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def read_metrics(path) -> list[dict]:
+    """The records of a metrics.jsonl file (one JSON object per line)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after `step` (by a run killed after its last checkpoint)."""
+    keep = [r for r in read_metrics(path) if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
+
+
+def save_loss_plot(records: list[dict], path) -> None:
+    """Loss curves and learning rate (viz.train) saved as a PNG, without pyplot (works under any backend)."""
+    from matplotlib.figure import Figure
+
+    from minimaskrcnn.viz.train import plot_history
+
+    fig = Figure(figsize=(10, 3.6))
+    plot_history(records, fig=fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+def evaluate(model, dataset, device=None, batch_size: int = 8, iou_types=IOU_TYPES, verbose: bool = False,
+             amp: bool = True, num_workers: int = 0) -> dict:
+    """COCO metrics of `model` on a CocoDataset-like `dataset` (see evaluation.coco_evaluate for the format).
+
+    Under torchrun each process predicts its share of the images; rank 0 gathers them and evaluates, and every
+    process returns the same metrics.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    bare = unwrap(model)
+    world, rank = get_world_size(), get_rank()
+    sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    with _autocast(device, amp):
+        predictions, image_ids = predict_dataset(bare, loader, device)
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (predictions, image_ids))
+        merged = {}
+        for preds, ids in gathered:  # the sampler pads with repeated images: keep each image once
+            merged.update(zip(ids, preds))
+        image_ids, predictions = list(merged), list(merged.values())
+    metrics = [evaluate_predictions(dataset, predictions, image_ids, iou_types, verbose) if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(metrics, src=0)
+    return metrics[0]
+
+
+def _autocast(device: torch.device, amp: bool):
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp and device.type == "cuda")
+
+
+# ------------------------------------------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    step: int  # steps completed
+    history: list = field(default_factory=list)  # metrics records (loss records and evaluation records)
+    metrics: dict | None = None  # the last evaluation (None when no validation set)
+
+
+def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device=None, resume: bool = False,
+          model_info: dict | None = None, stop_at: int | None = None, on_log=None) -> TrainResult:
+    """Train `model` (torchvision call convention: model(images, targets) -> dict of losses) on `train_set`.
+
+    out_dir: where checkpoint.pt, metrics.jsonl and loss_curve.png go (None: nothing written, no resume).
+    resume: continue from out_dir/checkpoint.pt when it exists. model_info: saved in the checkpoint so that
+    `model_from_checkpoint` can rebuild the model ({"preset", "num_classes", "overrides", ...}).
+    stop_at: stop after this step although the schedule spans cfg.steps (simulates an interrupted run).
+    on_log(record): called on rank 0 with every metrics record (e.g. a live plot in a notebook).
+    """
+    rank, world, _ = init_distributed()
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir else None
+    metrics_path = out_dir / METRICS_NAME if out_dir else None
+    if out_dir and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg))
+    use_fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+
+    step = 0
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_states(ckpt["rng"])
+        step = ckpt["step"]
+        if rank == 0 and metrics_path.is_file():
+            _truncate_metrics(metrics_path, step)
+    history = read_metrics(metrics_path) if metrics_path else []
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.find_unused_parameters)
+
+    def log(record):
+        history.append(record)
+        if rank != 0:
+            return
+        if metrics_path:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if on_log:
+            on_log(record)
+
+    def checkpoint():
+        if ckpt_path is not None and rank == 0:
+            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
+                            step=step, train_config=asdict(cfg), model_info=model_info or {})
+        if world > 1:
+            dist.barrier()
+
+    def run_eval():
+        metrics = evaluate(model, val_set, device, cfg.eval_batch_size, amp=cfg.amp, num_workers=cfg.num_workers)
+        log({"step": step, "eval": {t: {k: v for k, v in m.items() if k != "per_class"} for t, m in metrics.items()}})
+        return metrics
+
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, end, rank, world)
+    loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=end, initial=step, disable=not cfg.progress or rank != 0, desc="train", dynamic_ncols=True)
+    running, nonfinite, metrics = {}, 0, None
+    t_last, step_last = time.perf_counter(), step
+    model.train()
+    for images, targets in loader:
+        torch.manual_seed(_mix(cfg.seed, step, rank))  # the model's sampling depends only on (seed, step, rank)
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        with _autocast(device, cfg.amp):
+            losses = net(images, targets)
+        names = sorted(losses)
+        values = torch.stack([losses[k].detach().float() for k in names])
+        if world > 1:
+            dist.all_reduce(values)
+            values /= world
+        loss = sum(losses.values())
+        finite = bool(torch.isfinite(values).all())
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.zero_grad(set_to_none=True)
+        if finite:
+            scaler.scale(loss).backward()
+            if cfg.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            nonfinite = 0
+        else:
+            nonfinite += 1
+            bad = {k: float(v) for k, v in zip(names, values)}
+            warnings.warn(f"step {step}: non-finite loss {bad}; step skipped ({nonfinite} in a row)", RuntimeWarning)
+            if nonfinite >= cfg.max_nonfinite:
+                raise FloatingPointError(
+                    f"{nonfinite} non-finite losses in a row (last at step {step}: {bad}); lower the learning rate "
+                    f"(now {lr:g}), raise warm-up or check the data")
+        scheduler.step()
+        step += 1
+        if finite:
+            for k, v in zip(names, values.tolist()):  # exponential moving averages for the progress bar
+                running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
+        bar.update(1)
+        if running:
+            bar.set_postfix(loss=f"{sum(running.values()):.3f}", **{k.removeprefix("loss_")[:8]: f"{v:.3f}"
+                                                                   for k, v in running.items()})
+        if step % cfg.log_every == 0 or step == end:
+            now = time.perf_counter()
+            record = {"step": step, "epoch": step // sampler.steps_per_epoch, "lr": lr,
+                      "loss": float(values.sum()), **{k: float(v) for k, v in zip(names, values)},
+                      "images_per_s": (step - step_last) * cfg.batch_size * world / max(now - t_last, 1e-9)}
+            log(record)
+            t_last, step_last = now, step
+        if val_set is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            metrics = run_eval()
+            model.train()
+        if step % cfg.checkpoint_every == 0 or step == end:
+            checkpoint()
+    bar.close()
+    if val_set is not None and step == cfg.steps:
+        metrics = run_eval()
+        if rank == 0 and cfg.progress:
+            print(format_metrics(metrics))
+    if out_dir and rank == 0 and history:
+        save_loss_plot(history, out_dir / LOSS_PLOT_NAME)
+    return TrainResult(step=step, history=history, metrics=metrics)

@@ -1,0 +1,104 @@
+"""Pictures of training: loss and learning-rate curves, evaluation history, predictions next to the ground truth.
+
+Built in notebooks/11_train_on_gpu.ipynb.
+
+Shape glossary
+    D      detections (or ground-truth instances) of one image
+    H, W   image height and width
+"""
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+
+
+def plot_history(records: list[dict], fig=None):
+    """Loss curves (total and the five terms, log scale), learning rate, and mask/box AP when evaluated.
+
+    records: the metrics.jsonl records written by engine.train. Draws into `fig` (a new Figure when None).
+    """
+    fig = fig if fig is not None else Figure(figsize=(10, 3.6))
+    fig.clear()
+    losses = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval" in r]
+    ax_loss, ax_lr, ax_ap = fig.subplots(1, 3)
+    steps = [r["step"] for r in losses]
+    ax_loss.plot(steps, [r["loss"] for r in losses], color="black", lw=2, label="total")
+    for key in LOSS_KEYS:
+        if losses and key in losses[0]:
+            ax_loss.plot(steps, [r[key] for r in losses], lw=1, label=key.removeprefix("loss_"))
+    if losses:
+        ax_loss.set_yscale("log")
+        ax_loss.legend(fontsize=7)
+    ax_loss.set(title="training losses", xlabel="step")
+    ax_lr.plot(steps, [r["lr"] for r in losses], color="tab:purple")
+    ax_lr.set(title="learning rate", xlabel="step")
+    for iou_type, color in (("bbox", "tab:blue"), ("segm", "tab:red")):
+        pts = [(r["step"], r["eval"][iou_type]["AP"]) for r in evals if iou_type in r["eval"]]
+        if pts:
+            ax_ap.plot(*zip(*pts), "o-", color=color, label=f"{iou_type} AP")
+            ax_ap.legend(fontsize=7)
+    ax_ap.set(title="validation AP@[.5:.95]", xlabel="step", ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def _colour(label: int):
+    return np.array(__import__("matplotlib").colormaps["tab10"](int(label) % 10)[:3])
+
+
+def draw_detections(ax, image: torch.Tensor, boxes, labels, class_names, masks=None, scores=None, title=None):
+    """Draw an image with instances: boxes Tensor[D, 4] (x1, y1, x2, y2), labels Tensor[D], masks Tensor[D, H, W]
+    (0/1 or probabilities, drawn where > 0.5), optional scores Tensor[D]. image: Tensor[3, H, W] in 0..1."""
+    canvas = image.detach().float().cpu().permute(1, 2, 0).numpy().copy()  # (3, H, W) -> (H, W, 3)
+    if masks is not None:
+        for m, label in zip(masks.detach().float().cpu().numpy(), labels.tolist()):
+            on = m > 0.5
+            canvas[on] = 0.5 * canvas[on] + 0.5 * _colour(label)
+    ax.imshow(canvas.clip(0, 1))
+    for j, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist())):
+        x1, y1, x2, y2 = box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=_colour(label)))
+        text = class_names[label] if label < len(class_names) else str(label)
+        if scores is not None:
+            text += f" {float(scores[j]):.2f}"
+        ax.text(x1, y1, text, fontsize=6, color="white", va="bottom",
+                bbox={"facecolor": _colour(label), "alpha": 0.8, "pad": 0.5, "lw": 0})
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def plot_prediction_vs_truth(image, prediction: dict, target: dict, class_names, score_threshold: float = 0.5,
+                             fig=None):
+    """Two panels: ground truth (target {boxes, labels, masks uint8[G, H, W]}) and the detections of the model
+    (prediction {boxes, labels, scores, masks float[D, 1, H, W]}) scoring at least `score_threshold`."""
+    fig = fig if fig is not None else Figure(figsize=(8, 4))
+    fig.clear()
+    ax_gt, ax_pred = fig.subplots(1, 2)
+    draw_detections(ax_gt, image, target["boxes"], target["labels"], class_names, target.get("masks"),
+                    title=f"ground truth ({len(target['labels'])})")
+    keep = prediction["scores"] >= score_threshold
+    masks = prediction["masks"][keep][:, 0] if "masks" in prediction else None
+    draw_detections(ax_pred, image, prediction["boxes"][keep], prediction["labels"][keep], class_names, masks,
+                    prediction["scores"][keep], title=f"prediction, score >= {score_threshold:.2f} ({int(keep.sum())})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_prediction_grid(images, predictions, class_names, score_threshold: float = 0.5, cols: int = 4, titles=None):
+    """A grid of images with their detections (the `predict` picture for several images)."""
+    rows = max(1, -(-len(images) // cols))
+    fig = Figure(figsize=(3 * min(cols, len(images)), 3 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, min(cols, len(images)))).ravel()
+    for i, (ax, image, pred) in enumerate(zip(axes, images, predictions)):
+        keep = pred["scores"] >= score_threshold
+        draw_detections(ax, image, pred["boxes"][keep], pred["labels"][keep], class_names,
+                        pred["masks"][keep][:, 0] if "masks" in pred else None, pred["scores"][keep],
+                        title=titles[i] if titles else None)
+    for ax in axes[len(images):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
