@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from minimaskrcnn.evaluation import IOU_TYPES, evaluate_predictions, format_metrics, predict_dataset
+from minimaskrcnn.evaluation import IOU_TYPES, evaluate_predictions, predict_dataset
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -450,8 +450,6 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
     bar.close()
     if val_set is not None and step == cfg.steps:
         metrics = run_eval()
-        if rank == 0 and cfg.progress:
-            print(format_metrics(metrics))
     if out_dir and rank == 0 and history:
         save_loss_plot(history, out_dir / LOSS_PLOT_NAME)
     return TrainResult(step=step, history=history, metrics=metrics)
