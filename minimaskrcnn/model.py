@@ -1,0 +1,351 @@
+"""The whole Mask R-CNN: configuration, presets, input checks, and the model that chains every stage.
+
+Built in notebooks/10_full_model.ipynb.
+
+Shape glossary
+    N        images in the batch
+    H, W     an image's original height and width;  H', W' after resizing;  (Hp, Wp) the padded batch
+    G        ground-truth instances of one image
+    K        object classes (labels 1..K; 0 is background)
+    D        detections of one image
+Boxes are absolute (x1, y1, x2, y2) floats, in original image pixels at the model's input and output.
+
+Data flow (as torchvision's GeneralizedRCNN):
+    images -> normalise, resize, pad into a batch -> backbone + FPN -> RPN proposals -> RoI heads
+           -> detections mapped back to the original sizes (boxes rescaled, masks pasted into the image).
+"""
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor, nn
+
+from minimaskrcnn.anchors import AnchorGenerator
+from minimaskrcnn.backbone import build_backbone
+from minimaskrcnn.boxes import box_iou, clip_boxes, decode_boxes
+from minimaskrcnn.masks import paste_masks_in_image
+from minimaskrcnn.matching import Matcher
+from minimaskrcnn.roi_heads import (
+    BoxPredictor,
+    MaskHead,
+    MaskPredictor,
+    RoIHeads,
+    TwoMLPHead,
+    mask_probabilities,
+    postprocess_detections,
+    sample_proposals,
+)
+from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead
+from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_to
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """Every knob of the model. Defaults are the torchvision-compatible R50-FPN reference configuration."""
+
+    # --- backbone + FPN
+    backbone_depth: int = 50  # ResNet depth: 18, 34, 50 or 101
+    backbone_norm: str = "frozen_bn"  # normalisation: "frozen_bn" (pretrained statistics), "bn" or "gn" (trainable)
+    trainable_layers: int = 3  # how many ResNet stages train, counted from the top (0..5; 5 = all incl. the stem)
+    base_width: int = 64  # channels of the first ResNet stage (64 in the reference; smaller = faster)
+    fpn_channels: int = 256  # channels of every FPN output level
+    # --- model-side transform
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel mean subtracted from inputs
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel std inputs are divided by
+    min_size: int = 800  # resize so the short side is min_size ...
+    max_size: int = 1333  # ... unless the long side would pass max_size
+    size_divisible: int = 32  # pad the batch bottom/right to a multiple of this
+    # --- anchors
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))  # pixels, per FPN level
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),) * 5  # anchor h / w, per FPN level
+    # --- RPN
+    rpn_fg_iou_thresh: float = 0.7  # anchors with IoU >= this with a ground-truth box are positives
+    rpn_bg_iou_thresh: float = 0.3  # anchors with IoU < this with every box are negatives
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
+    rpn_positive_fraction: float = 0.5  # at most this fraction of them positive
+    rpn_pre_nms_top_n_train: int = 2000  # best-scoring anchors kept per level before NMS, training
+    rpn_pre_nms_top_n_test: int = 1000  # ... at inference
+    rpn_post_nms_top_n_train: int = 2000  # proposals kept per image after NMS, training
+    rpn_post_nms_top_n_test: int = 1000  # ... at inference
+    rpn_nms_thresh: float = 0.7  # IoU above which a proposal suppresses a lower-scoring one
+    rpn_min_size: float = 1e-3  # proposals narrower or shorter than this (pixels) are dropped
+    rpn_score_thresh: float = 0.0  # proposals with objectness probability below this are dropped
+    # --- RoI pooling
+    roi_op: str = "align"  # "align" (RoIAlign, bilinear) or "pool" (RoIPool, quantised) for the notebook 06 ablation
+    box_roi_size: int = 7  # pooled size S of each RoI for the box head
+    mask_roi_size: int = 14  # pooled size for the mask head (its output masks are 2x: 28)
+    sampling_ratio: int = 2  # bilinear samples per bin side in RoIAlign (<= 0: adaptive)
+    # --- box head
+    box_fg_iou_thresh: float = 0.5  # proposals with IoU >= this with a ground-truth box are positives
+    box_bg_iou_thresh: float = 0.5  # proposals with IoU < this with every box are backgrounds
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box and mask losses
+    box_positive_fraction: float = 0.25  # at most this fraction of them positive
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # delta scaling (wx, wy, ww, wh)
+    representation_size: int = 1024  # width of the box head's two fully connected layers
+    box_score_thresh: float = 0.05  # detections scoring at or below this are dropped
+    box_nms_thresh: float = 0.5  # per-class NMS IoU threshold for the final detections
+    detections_per_img: int = 100  # detections kept per image
+    # --- mask head
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)  # channels of each 3x3 conv of the mask head
+    mask_dim_reduced: int = 256  # channels of the 2x transposed conv before the per-class 1x1 logits
+
+
+PRESETS: dict[str, MaskRCNNConfig] = {
+    # torchvision's maskrcnn_resnet50_fpn: loads its converted weights (minimaskrcnn.weights.from_torchvision).
+    "r50_fpn": MaskRCNNConfig(),
+    # CPU training from scratch on 128-pixel shapes images: a narrow ResNet-18 with trainable GroupNorm, small FPN,
+    # anchors scaled to the objects (8..128 px), fewer proposals and RoIs, thin heads.
+    "tiny": MaskRCNNConfig(
+        backbone_depth=18,
+        backbone_norm="gn",
+        trainable_layers=5,
+        base_width=32,
+        fpn_channels=64,
+        min_size=128,
+        max_size=224,
+        anchor_sizes=((8,), (16,), (32,), (64,), (128,)),
+        rpn_pre_nms_top_n_train=1000,
+        rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_train=500,
+        rpn_post_nms_top_n_test=300,
+        box_batch_size_per_image=128,
+        representation_size=256,
+        detections_per_img=50,
+        mask_head_layers=(64, 64, 64, 64),
+        mask_dim_reduced=64,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks: bad input fails here, with what was wrong and where, instead of as a NaN a thousand steps later
+# ----------------------------------------------------------------------------------------------------------------
+def check_images(images) -> None:
+    """Raise TypeError/ValueError unless images is a non-empty list of float Tensor[3, H, W]."""
+    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be a list of Tensor[3, H, W], got {type(images).__name__}; "
+                        "for a batched Tensor[N, 3, H, W] pass list(batch)")
+    if len(images) == 0:
+        raise ValueError("images is an empty list: pass at least one Tensor[3, H, W]")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise TypeError(f"images[{i}] must be a Tensor, got {type(image).__name__}")
+        if not image.is_floating_point():
+            raise TypeError(f"images[{i}] has dtype {image.dtype}; the model takes float images in 0..1: "
+                            "convert with image.float() / 255")
+        if image.dim() == 2 or (image.dim() == 3 and image.shape[0] == 1):
+            raise ValueError(f"images[{i}] is grayscale (shape {tuple(image.shape)}); the model takes Tensor[3, H, W]: "
+                             "convert with image.expand(3, -1, -1) (after image[None] for a 2-D image)")
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"images[{i}] has shape {tuple(image.shape)}; expected Tensor[3, H, W] (channels first)")
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"images[{i}] is empty: shape {tuple(image.shape)}")
+
+
+def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
+    """Raise TypeError/ValueError unless targets has one valid {boxes, labels, masks} dict per image."""
+    if not isinstance(targets, (list, tuple)):
+        raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
+    if len(targets) != len(images):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    for i, (target, image) in enumerate(zip(targets, images)):
+        where = f"targets[{i}]"
+        if not isinstance(target, dict):
+            raise TypeError(f"{where} must be a dict with boxes, labels, masks, got {type(target).__name__}")
+        for key in ("boxes", "labels", "masks"):
+            if key not in target:
+                raise ValueError(f"{where} has no '{key}' (a training target needs boxes, labels and masks)")
+            if not isinstance(target[key], Tensor):
+                raise TypeError(f"{where}['{key}'] must be a Tensor, got {type(target[key]).__name__}")
+        boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+        if not boxes.is_floating_point():
+            raise TypeError(f"{where}['boxes'] has dtype {boxes.dtype}; expected float (x1, y1, x2, y2)")
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"{where}['boxes'] has shape {tuple(boxes.shape)}; expected Tensor[G, 4]")
+        if not torch.isfinite(boxes).all():
+            bad = torch.where(~torch.isfinite(boxes).all(dim=1))[0][0].item()
+            raise ValueError(f"{where}['boxes'][{bad}] = {boxes[bad].tolist()} is not finite")
+        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
+        if degenerate.any():
+            bad = torch.where(degenerate)[0][0].item()
+            raise ValueError(f"{where}['boxes'][{bad}] = {boxes[bad].tolist()} needs x2 > x1 and y2 > y1 "
+                             "(boxes are (x1, y1, x2, y2); convert xywh with x2 = x + w, y2 = y + h)")
+        if labels.dtype != torch.int64:
+            raise TypeError(f"{where}['labels'] has dtype {labels.dtype}; expected torch.int64")
+        if labels.shape != (boxes.shape[0],):
+            raise ValueError(f"{where}['labels'] has shape {tuple(labels.shape)} for {boxes.shape[0]} boxes")
+        out_of_range = (labels < 1) | (labels > num_classes)
+        if out_of_range.any():
+            bad = torch.where(out_of_range)[0][0].item()
+            raise ValueError(f"{where}['labels'][{bad}] = {labels[bad].item()} is outside 1..{num_classes} "
+                             "(0 is reserved for background)")
+        expected = (boxes.shape[0], *image.shape[-2:])
+        if tuple(masks.shape) != expected:
+            raise ValueError(f"{where}['masks'] has shape {tuple(masks.shape)}; expected {expected} "
+                             "(one H x W mask per box, the size of the image)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------
+class MaskRCNN(nn.Module):
+    """Mask R-CNN. num_classes counts the object classes K (labels 1..K); the heads predict K + 1 with background.
+
+    model(images, targets) in training -> {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+    "loss_box_reg", "loss_mask"}; in eval (model.eval(); targets None) -> per image
+    {boxes Tensor[D, 4], labels Tensor[D], scores Tensor[D], masks Tensor[D, 1, H, W] probabilities},
+    in the original image coordinates.
+    """
+
+    def __init__(self, cfg: MaskRCNNConfig, num_classes: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), got {num_classes}")
+        if cfg.roi_op not in ("align", "pool"):
+            raise ValueError(f"roi_op must be 'align' or 'pool', got {cfg.roi_op!r}")
+        self.cfg, self.num_classes = cfg, num_classes
+        self.backbone = build_backbone(
+            cfg.backbone_depth, cfg.backbone_norm, cfg.trainable_layers, cfg.fpn_channels, base_width=cfg.base_width
+        )
+        channels = self.backbone.out_channels
+        anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios)
+        self.anchor_generator = anchor_generator  # shared with the RPN; kept here for inspect() (it has no state)
+        self.rpn = RegionProposalNetwork(
+            anchor_generator,
+            RPNHead(channels, anchor_generator.num_anchors_per_location()[0]),
+            fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+            bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+            batch_size_per_image=cfg.rpn_batch_size_per_image,
+            positive_fraction=cfg.rpn_positive_fraction,
+            pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+            pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+            post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+            post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+            nms_thresh=cfg.rpn_nms_thresh,
+            min_size=cfg.rpn_min_size,
+            score_thresh=cfg.rpn_score_thresh,
+        )
+        levels = ["p2", "p3", "p4", "p5"]
+        self.roi_heads = RoIHeads(
+            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, cfg.sampling_ratio, pool=cfg.roi_op),
+            box_head=TwoMLPHead(channels * cfg.box_roi_size**2, cfg.representation_size),
+            box_predictor=BoxPredictor(cfg.representation_size, num_classes + 1),
+            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, cfg.sampling_ratio, pool=cfg.roi_op),
+            mask_head=MaskHead(channels, cfg.mask_head_layers),
+            mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes + 1),
+            fg_iou_thresh=cfg.box_fg_iou_thresh,
+            bg_iou_thresh=cfg.box_bg_iou_thresh,
+            batch_size_per_image=cfg.box_batch_size_per_image,
+            positive_fraction=cfg.box_positive_fraction,
+            box_coder_weights=cfg.box_coder_weights,
+            score_thresh=cfg.box_score_thresh,
+            nms_thresh=cfg.box_nms_thresh,
+            detections_per_img=cfg.detections_per_img,
+        )
+
+    def transform(self, images: list[Tensor], targets: list[dict] | None = None):
+        """Normalise, resize and pad: -> (batch Tensor[N, 3, Hp, Wp], image_sizes [(H', W')], resized targets)."""
+        cfg = self.cfg
+        resized_images, resized_targets = [], []
+        for i, image in enumerate(images):
+            target = None if targets is None else targets[i]
+            image = normalize(image, cfg.image_mean, cfg.image_std)
+            image, target = resize_to(image, target, cfg.min_size, cfg.max_size)
+            resized_images.append(image)
+            resized_targets.append(target)
+        batch, image_sizes = batch_images(resized_images, cfg.size_divisible)
+        return batch, image_sizes, (None if targets is None else resized_targets)
+
+    def postprocess(self, detections: list[dict], image_sizes: list, original_sizes: list) -> list[dict]:
+        """Map detections from the resized images back to the originals: rescale boxes, paste masks."""
+        for det, size, original in zip(detections, image_sizes, original_sizes):
+            det["boxes"] = resize_boxes(det["boxes"], size, original)
+            det["masks"] = paste_masks_in_image(det["masks"], det["boxes"], original)
+        return detections
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        check_images(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("the model is in training mode and needs targets; call model.eval() for inference")
+            check_targets(targets, images, self.num_classes)
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        batch, image_sizes, targets = self.transform(images, targets)
+        features = self.backbone(batch)
+        proposals, rpn_losses = self.rpn(list(features.values()), image_sizes, tuple(batch.shape[-2:]), targets)
+        detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        return self.postprocess(detections, image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def inspect(self, image: Tensor, target: dict | None = None) -> dict:
+        """Run one image through the model in inference mode and keep every intermediate (notebook 10).
+
+        image: Tensor[3, H, W] in 0..1; target (optional) {boxes, labels, masks} adds the training-time views
+        (RPN anchor labels, sampled RoIs). Everything up to "detections" is in the resized image's coordinates
+        (size "image_size", pixels = "scale" x original); "result" is the model's output in original coordinates.
+
+        Keys: image (Tensor[3, H', W'] resized, 0..1), image_size, scale, features {name: Tensor[1, C, H_l, W_l]},
+        anchors [Tensor[H_l*W_l*A, 4]] per level, objectness [Tensor[H_l*W_l*A]] probabilities per level,
+        anchor_labels Tensor[sum A_l] (1 positive, 0 negative, -1 ignored; with a target), proposals Tensor[P, 4],
+        sampled_rois / sampled_labels (with a target), class_probs Tensor[P, K+1], refined_boxes Tensor[P, K+1, 4],
+        detections {boxes, labels, scores} (resized coordinates), mask_probs Tensor[D, 1, M, M], result (as forward).
+        """
+        check_images([image])
+        if target is not None:
+            check_targets([target], [image], self.num_classes)
+        was_training = self.training
+        self.eval()
+        try:
+            batch, image_sizes, targets = self.transform([image], None if target is None else [target])
+            size = image_sizes[0]
+            stages = {"image": torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
+                                                               align_corners=False)[0].clamp(0, 1),
+                      "image_size": size, "scale": size[0] / image.shape[-2]}
+            features = self.backbone(batch)
+            levels = list(features.values())
+            stages["features"] = features
+            anchors = self.anchor_generator(tuple(batch.shape[-2:]), [f.shape[-2:] for f in levels], batch.device)
+            stages["anchors"] = anchors
+            logits, _ = self.rpn.head(levels)
+            # (1, A, H_l, W_l) -> (H_l*W_l*A,): location-major like the anchors
+            stages["objectness"] = [lg[0].permute(1, 2, 0).reshape(-1).sigmoid() for lg in logits]
+            if targets is not None:
+                cfg = self.cfg
+                matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, allow_low_quality_matches=True)
+                matches = matcher(box_iou(targets[0]["boxes"], torch.cat(anchors)))
+                stages["anchor_labels"] = torch.where(matches >= 0, 1, torch.where(matches == -1, 0, -1))
+            proposals, _ = self.rpn(levels, image_sizes, tuple(batch.shape[-2:]), None)
+            stages["proposals"] = proposals[0]
+            heads = self.roi_heads
+            if targets is not None:
+                sampled = sample_proposals(proposals, targets, heads.matcher, heads.sampler, heads.box_coder_weights)
+                stages["sampled_rois"], stages["sampled_labels"] = sampled.rois[0], sampled.labels[0]
+            class_logits, box_regression = heads.box_forward(features, proposals, image_sizes)
+            stages["class_probs"] = class_logits.softmax(-1)
+            refined = decode_boxes(box_regression, proposals[0], heads.box_coder_weights)
+            stages["refined_boxes"] = clip_boxes(refined.reshape(len(refined), -1, 4), size)  # (P, (K+1)*4) -> (P, K+1, 4)
+            boxes, scores, labels = postprocess_detections(
+                class_logits, box_regression, proposals, image_sizes, heads.box_coder_weights,
+                heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+            )
+            stages["detections"] = {"boxes": boxes[0], "labels": labels[0], "scores": scores[0]}
+            mask_probs = mask_probabilities(heads.mask_forward(features, boxes, image_sizes), labels)
+            stages["mask_probs"] = mask_probs[0]
+            result = [{"boxes": boxes[0], "labels": labels[0], "scores": scores[0], "masks": mask_probs[0]}]
+            stages["result"] = self.postprocess(result, image_sizes, [tuple(image.shape[-2:])])[0]
+        finally:
+            self.train(was_training)
+        return stages
+
+
+def build_model(preset: str = "tiny", num_classes: int = 91, **overrides) -> MaskRCNN:
+    """A MaskRCNN from a named preset ("tiny", "r50_fpn"), with any config field overridden by keyword."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    names = {f.name for f in fields(MaskRCNNConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown config field(s) {unknown}; MaskRCNNConfig has {sorted(names)}")
+    return MaskRCNN(replace(PRESETS[preset], **overrides), num_classes)

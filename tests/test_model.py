@@ -1,0 +1,202 @@
+"""The full model: presets, call convention, input checks, golden losses, overfitting (minimaskrcnn/model.py)."""
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from minimaskrcnn.model import PRESETS, MaskRCNNConfig, build_model
+
+FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_maskrcnn_resnet50_fpn_state_dict_shapes.json"
+LOSS_NAMES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+
+
+def shapes_image(size, objects):
+    """A float image Tensor[3, H, W] with filled rectangles / ellipses and its target. objects: (kind, label, box)."""
+    h, w = size
+    image = torch.full((3, h, w), 0.1)
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    colours = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.9, 0.2), 3: (0.2, 0.3, 0.9)}
+    masks, boxes, labels = [], [], []
+    for kind, label, (x1, y1, x2, y2) in objects:
+        if kind == "rect":
+            mask = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
+        else:
+            cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+            mask = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1
+        image[:, mask] = torch.tensor(colours[label])[:, None]
+        masks.append(mask.to(torch.uint8))
+        boxes.append([x1, y1, x2, y2])
+        labels.append(label)
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "masks": torch.stack(masks) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
+    }
+    return image, target
+
+
+def small_model(**overrides):
+    """The tiny preset on 64-pixel inputs: what the fast tests train."""
+    torch.manual_seed(0)
+    return build_model("tiny", num_classes=3, **{"min_size": 64, "max_size": 96, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+def test_every_config_field_is_commented():
+    source = Path(__import__("minimaskrcnn.model", fromlist=["x"]).__file__).read_text()
+    body = source.split("class MaskRCNNConfig")[1].split("PRESETS")[0]
+    for name in MaskRCNNConfig.__dataclass_fields__:
+        line = next(ln for ln in body.splitlines() if ln.strip().startswith(f"{name}:"))
+        assert "#" in line, f"config field {name} has no comment"
+
+
+def test_r50_fpn_has_the_reference_parameter_shapes():
+    reference = json.loads(FIXTURE.read_text())["keys"]
+    model = build_model("r50_fpn", 91)
+    ours = Counter(tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    theirs = Counter(tuple(v) for k, v in reference.items() if not k.endswith("num_batches_tracked"))
+    assert ours == theirs, f"only ours: {ours - theirs}; only reference: {theirs - ours}"
+    heads = {k: tuple(v.shape) for k, v in model.roi_heads.state_dict().items()}
+    assert heads["box_predictor.cls_score.weight"] == (91, 1024)
+    assert heads["box_predictor.bbox_pred.weight"] == (364, 1024)
+    assert heads["mask_predictor.mask_fcn_logits.weight"] == (91, 256, 1, 1)
+
+
+def test_build_model_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_model("r101", 3)
+    with pytest.raises(TypeError, match="unknown config field"):
+        build_model("tiny", 3, fpn_chanels=32)
+    assert PRESETS["tiny"].roi_op == "align" and build_model("tiny", 3, roi_op="pool").cfg.roi_op == "pool"
+
+
+# ------------------------------------------------------------------------------------------ call convention
+def test_train_mixed_sizes_and_empty_targets():
+    model = small_model()
+    model.train()
+    a = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 60.0))])
+    b = shapes_image((48, 80), [])  # no objects at all
+    losses = model([a[0], b[0]], [a[1], b[1]])
+    assert set(losses) == LOSS_NAMES
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.roi_heads.parameters())
+
+
+def test_eval_outputs_at_original_size():
+    model = small_model(box_score_thresh=0.0)
+    model.eval()
+    images = [torch.rand(3, 50, 70), torch.rand(3, 64, 40)]
+    with torch.no_grad():
+        out = model(images)
+    for image, det in zip(images, out):
+        h, w = image.shape[-2:]
+        d = len(det["boxes"])
+        assert det["boxes"].shape == (d, 4) and det["labels"].shape == (d,) and det["scores"].shape == (d,)
+        assert det["masks"].shape == (d, 1, h, w) and det["masks"].min() >= 0 and det["masks"].max() <= 1
+        assert d <= model.cfg.detections_per_img
+        assert torch.all(det["boxes"][:, 0::2] <= w) and torch.all(det["boxes"][:, 1::2] <= h)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "images, error, message",
+    [
+        ([], ValueError, "empty list"),
+        (torch.rand(2, 3, 32, 32), TypeError, "list"),
+        ([torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)], TypeError, r"image.float\(\) / 255"),
+        ([torch.rand(1, 32, 32)], ValueError, "grayscale.*expand"),
+        ([torch.rand(32, 32)], ValueError, "grayscale"),
+        ([torch.rand(32, 32, 3)], ValueError, r"images\[0\].*channels first"),
+    ],
+)
+def test_bad_images(images, error, message):
+    model = small_model().eval()
+    with pytest.raises(error, match=message):
+        model(images)
+
+
+def _target(**changes):
+    target = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 32, 32, dtype=torch.uint8)}
+    return {**target, **changes}
+
+
+@pytest.mark.parametrize(
+    "target, error, message",
+    [
+        (_target(boxes=torch.tensor([[20.0, 4.0, 4.0, 20.0]])), ValueError, r"targets\[0\]\['boxes'\]\[0\].*x2 > x1"),
+        (_target(boxes=torch.tensor([[4.0, 20.0, 20.0, 4.0]])), ValueError, "y2 > y1"),
+        (_target(boxes=torch.tensor([[4.0, 4.0, float("nan"), 20.0]])), ValueError, "not finite"),
+        (_target(labels=torch.tensor([0])), ValueError, r"labels'\]\[0\] = 0 is outside 1..3"),
+        (_target(labels=torch.tensor([4])), ValueError, "outside 1..3"),
+        (_target(labels=torch.tensor([1.0])), TypeError, "int64"),
+        (_target(boxes=torch.tensor([[4, 4, 20, 20]])), TypeError, "float"),
+        (_target(masks=torch.zeros(1, 16, 32, dtype=torch.uint8)), ValueError, "masks.*expected \\(1, 32, 32\\)"),
+        ({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}, ValueError, "no 'masks'"),
+    ],
+)
+def test_bad_targets(target, error, message):
+    model = small_model().train()
+    with pytest.raises(error, match=message):
+        model([torch.rand(3, 32, 32)], [target])
+
+
+def test_training_without_targets_says_so():
+    with pytest.raises(ValueError, match="needs targets"):
+        small_model().train()([torch.rand(3, 32, 32)])
+
+
+def test_inspect_returns_every_stage():
+    model = small_model(box_score_thresh=0.0)
+    image, target = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0))])
+    stages = model.train().inspect(image, target)
+    assert model.training  # mode restored
+    total_anchors = sum(len(a) for a in stages["anchors"])
+    assert [len(o) for o in stages["objectness"]] == [len(a) for a in stages["anchors"]]
+    assert stages["anchor_labels"].shape == (total_anchors,) and (stages["anchor_labels"] == 1).any()
+    p = len(stages["proposals"])
+    assert stages["class_probs"].shape == (p, 4) and stages["refined_boxes"].shape == (p, 4, 4)
+    assert (stages["sampled_labels"] == 1).any()  # the ground-truth box itself is always sampled
+    d = len(stages["detections"]["boxes"])
+    assert stages["mask_probs"].shape[0] == d and stages["result"]["masks"].shape == (d, 1, 64, 64)
+
+
+# ------------------------------------------------------------------------------------------- learning checks
+def overfit_data():
+    return [
+        shapes_image((64, 64), [("rect", 1, (6.0, 8.0, 30.0, 28.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 58.0))]),
+        shapes_image((64, 64), [("ellipse", 3, (10.0, 12.0, 50.0, 40.0))]),
+        shapes_image((64, 64), [("rect", 2, (30.0, 4.0, 58.0, 26.0)), ("rect", 3, (8.0, 36.0, 28.0, 60.0))]),
+        shapes_image((64, 64), [("ellipse", 1, (16.0, 16.0, 48.0, 48.0))]),
+    ]
+
+
+def best_mask_ious(detections, targets):
+    """For each ground-truth instance, the best IoU of a same-class predicted mask (thresholded at 0.5)."""
+    ious = []
+    for det, target in zip(detections, targets):
+        predicted = det["masks"][:, 0] > 0.5
+        for mask, label in zip(target["masks"].bool(), target["labels"]):
+            same = predicted[det["labels"] == label]
+            inter = (same & mask).flatten(1).sum(1).float()
+            union = (same | mask).flatten(1).sum(1).float()
+            ious.append((inter / union).max().item() if len(same) else 0.0)
+    return ious
+
+
+def test_overfits_four_images():
+    data = overfit_data()
+    images, targets = [d[0] for d in data], [d[1] for d in data]
+    model = small_model().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(60):
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        ious = best_mask_ious(model.eval()(images), targets)
+    assert sum(ious) / len(ious) >= 0.8, f"mask IoU per instance after 60 steps: {[round(i, 3) for i in ious]}"
