@@ -325,7 +325,7 @@ class MaskRCNN(nn.Module):
             class_logits, box_regression = heads.box_forward(features, proposals, image_sizes)
             stages["class_probs"] = class_logits.softmax(-1)
             refined = decode_boxes(box_regression, proposals[0], heads.box_coder_weights)
-            stages["refined_boxes"] = clip_boxes(refined.reshape(len(refined), -1, 4), size)  # (P, (K+1)*4) -> (P, K+1, 4)
+            stages["refined_boxes"] = clip_boxes(refined.reshape(len(refined), self.num_classes + 1, 4), size)  # (P, (K+1)*4) -> (P, K+1, 4)
             boxes, scores, labels = postprocess_detections(
                 class_logits, box_regression, proposals, image_sizes, heads.box_coder_weights,
                 heads.score_thresh, heads.nms_thresh, heads.detections_per_img,

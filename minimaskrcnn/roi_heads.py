@@ -164,7 +164,7 @@ def postprocess_detections(
     boxes_per_image = [len(p) for p in proposals]
     rois = torch.cat(proposals) if proposals else class_logits.new_zeros((0, 4))
     pred_boxes = decode_boxes(box_regression, rois, box_coder_weights)
-    pred_boxes = pred_boxes.reshape(len(rois), -1, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
+    pred_boxes = pred_boxes.reshape(len(rois), num_classes, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
     pred_scores = F.softmax(class_logits, -1)
 
     all_boxes, all_scores, all_labels = [], [], []

@@ -149,3 +149,10 @@ def test_sampling_matches_torchvision():
         torch.testing.assert_close(ours.labels[i], e_labels[i])
         torch.testing.assert_close(ours.matched_idxs[i], e_matched[i])
         torch.testing.assert_close(ours.regression_targets[i], e_targets[i])
+
+
+def test_postprocess_without_proposals():
+    boxes, scores, labels = postprocess_detections(torch.zeros(0, 4), torch.zeros(0, 16), [torch.zeros(0, 4)] * 2,
+                                                   [(32, 32), (20, 20)])
+    assert [b.shape for b in boxes] == [(0, 4), (0, 4)] and [len(s) for s in scores] == [0, 0]
+    assert mask_probabilities(torch.zeros(0, 4, 28, 28), labels)[1].shape == (0, 1, 28, 28)
