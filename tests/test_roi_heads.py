@@ -156,3 +156,52 @@ def test_postprocess_without_proposals():
                                                    [(32, 32), (20, 20)])
     assert [b.shape for b in boxes] == [(0, 4), (0, 4)] and [len(s) for s in scores] == [0, 0]
     assert mask_probabilities(torch.zeros(0, 4, 28, 28), labels)[1].shape == (0, 1, 28, 28)
+
+
+def _heads_pair():
+    """Our RoIHeads and torchvision's with the same weights, on 16-channel features, 5 classes + background."""
+    from torchvision.models.detection import roi_heads as tv
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead as TVTwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign as TVPool
+
+    from minimaskrcnn.roi_heads import RoIHeads
+    from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+
+    names = ["p2", "p3", "p4", "p5"]
+    ours = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(16 * 49, 32), BoxPredictor(32, 6),
+                    MultiScaleRoIAlign(names, 14, 2), MaskHead(16, (16,) * 4), MaskPredictor(16, 16, 6),
+                    batch_size_per_image=64, score_thresh=0.0)
+    theirs = tv.RoIHeads(TVPool(names, 7, 2), TVTwoMLPHead(16 * 49, 32), FastRCNNPredictor(32, 6), 0.5, 0.5, 64,
+                         0.25, None, 0.0, 0.5, 100, TVPool(names, 14, 2), MaskRCNNHeads(16, [16] * 4, 1),
+                         MaskRCNNPredictor(16, 16, 6))
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+@pytest.mark.reference
+def test_roi_heads_match_torchvision_end_to_end():
+    pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ours, theirs = _heads_pair()
+    features = {f"p{i}": torch.randn(2, 16, 128 // 2**i, 160 // 2**i) for i in range(2, 6)}
+    sizes = [(128, 160), (100, 120)]
+    rois = [torch.cat((xy := torch.rand(n, 2) * 90, xy + torch.rand(n, 2) * 60 + 2), dim=1) for n in (80, 40)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0], [70.0, 20.0, 140.0, 60.0]]),
+                "labels": torch.tensor([1, 4]), "masks": (torch.rand(2, 128, 160) > 0.5).to(torch.uint8)},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                "masks": torch.zeros(0, 100, 120, dtype=torch.uint8)}]
+    torch.manual_seed(3)
+    _, expected = theirs.train()(features, [r.clone() for r in rois], sizes, targets)
+    torch.manual_seed(3)
+    _, got = ours.train()(features, rois, sizes, targets)
+    assert set(got) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k])
+    with torch.no_grad():
+        expected, _ = theirs.eval()(features, rois, sizes)
+        got, _ = ours.eval()(features, rois, sizes)
+    for e, g in zip(expected, got):
+        assert set(g) == set(e) and len(g["boxes"]) > 0
+        for k in e:
+            torch.testing.assert_close(g[k], e[k])
