@@ -1,0 +1,291 @@
+"""Weights: torchvision's Mask R-CNN state dicts in our names, and its published COCO / ImageNet weights.
+
+Built in notebooks/10_full_model.ipynb.
+
+`build_model("r50_fpn", 91)` has the same layers as torchvision's `maskrcnn_resnet50_fpn`, under names that
+read better here. `NAME_TABLE` below maps one naming onto the other, one row per kind of parameter; it is the
+documentation of the correspondence as much as the code that applies it:
+
+    from_torchvision(their_state_dict) -> our state dict   (loads into build_model("r50_fpn", 91), strict)
+    to_torchvision(our_state_dict)     -> their state dict (loads into torchvision's model, strict)
+
+`load_pretrained(name)` downloads torchvision's published files (HTTPS, urllib), checks the SHA-256 prefix that
+their file names carry (`<name>-<first 8 hex digits of sha256>.pth`, torch.hub's convention), caches them and
+reads them with `torch.load(weights_only=True)`, which never unpickles arbitrary objects.
+
+Shape glossary
+    K      object classes (91 COCO indices, 0 = background, some "N/A")
+    A      anchors per location (3)
+"""
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------------------------
+# The name table. {s} {b} {i} are integers, {p} a parameter / buffer name (weight, bias, running_mean, ...).
+# A row whose "our name" is None is dropped on the way in: torchvision's BatchNorm2d counts the batches it has
+# seen (num_batches_tracked); our FrozenBatchNorm2d never updates, so it has no such counter.
+# ---------------------------------------------------------------------------------------------------------------
+NAME_TABLE: list[tuple[str, str | None]] = [
+    # torchvision                                         minimaskrcnn
+    # ResNet-50 stem
+    ("backbone.body.conv1.weight",                         "backbone.body.conv1.weight"),
+    ("backbone.body.bn1.{p}",                              "backbone.body.bn1.{p}"),
+    # bottleneck blocks: layer{s} (s = 1..4) block {b}
+    ("backbone.body.layer{s}.{b}.conv{i}.weight",          "backbone.body.layer{s}.{b}.conv{i}.weight"),
+    ("backbone.body.layer{s}.{b}.bn{i}.{p}",               "backbone.body.layer{s}.{b}.bn{i}.{p}"),
+    ("backbone.body.layer{s}.{b}.downsample.0.weight",     "backbone.body.layer{s}.{b}.downsample.0.weight"),
+    ("backbone.body.layer{s}.{b}.downsample.1.{p}",        "backbone.body.layer{s}.{b}.downsample.1.{p}"),
+    # FPN: 1x1 lateral convs and 3x3 output convs, level i = 0..3 (C2..C5 -> P2..P5)
+    ("backbone.fpn.inner_blocks.{i}.0.{p}",                "backbone.fpn.inner_blocks.{i}.0.{p}"),
+    ("backbone.fpn.layer_blocks.{i}.0.{p}",                "backbone.fpn.layer_blocks.{i}.0.{p}"),
+    # RPN head: shared 3x3 conv, objectness logits (A), box deltas (4A)
+    ("rpn.head.conv.0.0.{p}",                              "rpn.head.conv.0.0.{p}"),
+    ("rpn.head.cls_logits.{p}",                            "rpn.head.cls_logits.{p}"),
+    ("rpn.head.bbox_pred.{p}",                             "rpn.head.bbox_pred.{p}"),
+    # box head: two FC 1024 (TwoMLPHead), predictor (K+1 scores, (K+1)*4 deltas)
+    ("roi_heads.box_head.fc6.{p}",                         "roi_heads.box_head.fc6.{p}"),
+    ("roi_heads.box_head.fc7.{p}",                         "roi_heads.box_head.fc7.{p}"),
+    ("roi_heads.box_predictor.cls_score.{p}",              "roi_heads.box_predictor.cls_score.{p}"),
+    ("roi_heads.box_predictor.bbox_pred.{p}",              "roi_heads.box_predictor.bbox_pred.{p}"),
+    # mask head: four 3x3 convs (i = 0..3), 2x2 transposed conv, 1x1 to K+1 mask logits
+    ("roi_heads.mask_head.{i}.0.{p}",                      "roi_heads.mask_head.{i}.0.{p}"),
+    ("roi_heads.mask_predictor.conv5_mask.{p}",            "roi_heads.mask_predictor.conv5_mask.{p}"),
+    ("roi_heads.mask_predictor.mask_fcn_logits.{p}",       "roi_heads.mask_predictor.mask_fcn_logits.{p}"),
+]
+BATCH_COUNTER = "num_batches_tracked"
+
+
+def _regex(pattern: str) -> re.Pattern:
+    """'a.{s}.b' -> a regex with one named group per placeholder; {p} is any name, the others integers."""
+    parts = re.split(r"\{(\w)\}", pattern)  # literal, name, literal, name, ..., literal
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2 == 0:
+            out.append(re.escape(part))
+        else:
+            out.append(f"(?P<{part}>\\w+)" if part == "p" else f"(?P<{part}>\\d+)")
+    return re.compile("".join(out) + r"\Z")
+
+
+_THEIRS = [(_regex(theirs), ours) for theirs, ours in NAME_TABLE]
+_OURS = [(_regex(ours), theirs) for theirs, ours in NAME_TABLE]
+
+
+def their_name_to_ours(name: str) -> str | None:
+    """One torchvision key -> our key; None for keys we drop (num_batches_tracked). KeyError if unknown."""
+    if name.endswith("." + BATCH_COUNTER):
+        return None
+    for regex, ours in _THEIRS:
+        match = regex.match(name)
+        if match:
+            return ours.format(**match.groupdict())
+    raise KeyError(f"torchvision key {name!r} matches no row of minimaskrcnn.weights.NAME_TABLE")
+
+
+def our_name_to_theirs(name: str) -> str:
+    """One of our keys -> torchvision's key. KeyError if unknown."""
+    for regex, theirs in _OURS:
+        match = regex.match(name)
+        if match:
+            return theirs.format(**match.groupdict())
+    raise KeyError(f"minimaskrcnn key {name!r} matches no row of minimaskrcnn.weights.NAME_TABLE")
+
+
+def from_torchvision(state_dict: dict[str, Tensor]) -> "OrderedDict[str, Tensor]":
+    """torchvision maskrcnn_resnet50_fpn state dict -> ours, for build_model("r50_fpn", 91).load_state_dict.
+
+    Works for both of torchvision's flavours: the published weights (FrozenBatchNorm2d, no batch counters) and
+    a freshly built `maskrcnn_resnet50_fpn(weights=None)` (BatchNorm2d with num_batches_tracked, dropped here).
+    Tensors are shared, not copied.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"from_torchvision expects a state dict (dict of tensors), got {type(state_dict).__name__}")
+    out = OrderedDict()
+    for name, value in state_dict.items():
+        ours = their_name_to_ours(name)
+        if ours is not None:
+            out[ours] = value
+    return out
+
+
+def to_torchvision(state_dict: dict[str, Tensor], num_batches_tracked: bool = False) -> "OrderedDict[str, Tensor]":
+    """Our state dict -> torchvision's names (the reverse of from_torchvision).
+
+    num_batches_tracked=True adds a zero batch counter after every norm layer's running_var, as a
+    torchvision model built with weights=None (plain BatchNorm2d) has; torchvision's published files have none.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"to_torchvision expects a state dict (dict of tensors), got {type(state_dict).__name__}")
+    out = OrderedDict()
+    for name, value in state_dict.items():
+        theirs = our_name_to_theirs(name)
+        out[theirs] = value
+        if num_batches_tracked and theirs.endswith(".running_var"):
+            out[theirs[: -len("running_var")] + BATCH_COUNTER] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
+def name_pairs(their_names) -> list[tuple[str, str | None]]:
+    """The table applied to concrete names: [(their name, our name or None)], e.g. to print or to search."""
+    return [(name, their_name_to_ours(name)) for name in their_names]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published weights
+# ---------------------------------------------------------------------------------------------------------------
+PRETRAINED_URLS = {
+    # torchvision's MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (box AP 37.9, mask AP 34.6 on COCO val2017)
+    "maskrcnn_resnet50_fpn_coco": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+    # torchvision's ResNet50_Weights.IMAGENET1K_V1, the backbone initialisation the COCO model was trained from
+    "resnet50_imagenet": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+
+
+def default_cache_dir() -> Path:
+    """torch.hub's checkpoint folder ($TORCH_HOME/hub/checkpoints), shared with torchvision's downloads."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def expected_hash_prefix(file_name: str) -> str:
+    """'maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth' -> 'bf2d0c1e'; ValueError if the name carries no hash."""
+    match = _HASH_IN_NAME.search(file_name)
+    if match is None:
+        raise ValueError(f"{file_name!r} carries no SHA-256 prefix (expected '<name>-<hex digits>.pth')")
+    return match.group(1)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """Refuse a file whose SHA-256 does not start with the prefix in its name (truncated, tampered, wrong file)."""
+    path = Path(path)
+    expected, actual = expected_hash_prefix(path.name), sha256_of(path)
+    if not actual.startswith(expected):
+        raise ValueError(
+            f"{path}: SHA-256 {actual} does not start with {expected} as its name says: the file is truncated, "
+            f"corrupted or not the published one. Delete it and download it again."
+        )
+    return path
+
+
+def load_checked(path: str | os.PathLike) -> dict[str, Tensor]:
+    """check_file(path), then torch.load(weights_only=True) on the CPU -> the state dict it holds."""
+    path = check_file(path)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged zip/pickle raises one of several types; say which file and why
+        raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from error
+    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path}: holds a {type(state_dict).__name__}, not a state dict of tensors")
+    return state_dict
+
+
+def cached_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where load_pretrained(name) keeps its file (it may not be there yet)."""
+    if name not in PRETRAINED_URLS:
+        raise ValueError(f"unknown pretrained weights {name!r}; choose one of {sorted(PRETRAINED_URLS)}")
+    url = PRETRAINED_URLS[name]
+    return Path(cache_dir or default_cache_dir()) / url.rsplit("/", 1)[-1]
+
+
+def download(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Download url into cache_dir (unless already there) and check its SHA-256 prefix -> the file's path.
+
+    The download goes to a temporary file renamed into place only once its hash is right, so an interrupted
+    download never leaves a file that looks complete.
+    """
+    cache_dir = Path(cache_dir or default_cache_dir())
+    target = cache_dir / url.rsplit("/", 1)[-1]
+    expected = expected_hash_prefix(target.name)
+    if target.exists():
+        return check_file(target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if not digest.hexdigest().startswith(expected):
+            raise ValueError(f"{url}: downloaded SHA-256 {digest.hexdigest()} does not start with {expected}")
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return target
+
+
+def load_pretrained(name: str, cache_dir: str | os.PathLike | None = None) -> "OrderedDict[str, Tensor]":
+    """Torchvision's published weights, downloaded once, checked, in our names.
+
+    name: "maskrcnn_resnet50_fpn_coco" -> a state dict for build_model("r50_fpn", 91) (see coco_model());
+          "resnet50_imagenet"          -> a state dict for the r50_fpn model's backbone.body (fc layer dropped).
+    """
+    cached_path(name)  # validates the name
+    state_dict = load_checked(download(PRETRAINED_URLS[name], cache_dir))
+    if name == "resnet50_imagenet":
+        prefix = "backbone.body."
+        body = {prefix + k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        return OrderedDict((k[len(prefix):], v) for k, v in from_torchvision(body).items())
+    return from_torchvision(state_dict)
+
+
+def set_frozen_bn_eps(model: nn.Module, eps: float) -> int:
+    """Set eps of every FrozenBatchNorm2d in model -> how many were changed.
+
+    torchvision's COCO weights were trained with eps = 0 in the frozen norms (it calls overwrite_eps(model, 0.0)
+    after loading them); reproducing its outputs needs the same.
+    """
+    from minimaskrcnn.backbone import FrozenBatchNorm2d
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.eps = eps
+            changed += 1
+    return changed
+
+
+def coco_model(cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """build_model("r50_fpn", 91) with torchvision's COCO weights (downloaded once), frozen-norm eps 0, eval mode."""
+    from minimaskrcnn.model import build_model
+
+    model = build_model("r50_fpn", 91)
+    model.load_state_dict(load_pretrained("maskrcnn_resnet50_fpn_coco", cache_dir))
+    set_frozen_bn_eps(model, 0.0)
+    return model.eval()
+
+
+def coco_category_names() -> list[str]:
+    """The 91 class names of torchvision's COCO detectors: index = label; 0 = background, "N/A" = unused id."""
+    return list(_COCO_NAMES)
+
+
+_COCO_NAMES = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
+    "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
+    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
