@@ -1,0 +1,230 @@
+"""Engine: schedule, checkpoints, resume equality, non-finite losses, 2-process gloo run, SIGKILL then resume.
+
+The engine is model-agnostic (torchvision call convention), so these tests use a toy detector that trains in
+milliseconds; tests/test_cli.py runs the real tiny Mask R-CNN end to end. The toy's source is written to a file so
+that subprocesses (torchrun, the killed run) import exactly the same code.
+"""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from minimaskrcnn import engine
+from minimaskrcnn.engine import StepBatchSampler, TrainConfig, WarmupSchedule
+
+TOY_SOURCE = '''
+import contextlib, io, sys
+import torch
+from torch import nn
+from pycocotools.coco import COCO
+from minimaskrcnn import engine
+
+
+class ToyDetector(nn.Module):
+    """Predicts one box per image from a conv; its loss uses torch.rand like the RPN/RoI samplers do."""
+
+    def __init__(self, nan_calls=()):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+        self.nan_calls, self.calls = set(nan_calls), 0
+
+    def forward(self, images, targets=None):
+        out = self.fc(self.conv(torch.stack(images)).mean((2, 3)))  # (N, 5): 4 box numbers + 1 score
+        if not self.training:
+            boxes = torch.cat([out[:, :2].clamp(0, 6), out[:, :2].clamp(0, 6) + 8 + out[:, 2:4].clamp(0, 8)], 1)
+            return [{"boxes": b[None], "labels": torch.ones(1, dtype=torch.int64), "scores": s.sigmoid()[None],
+                     "masks": torch.ones(1, 1, 16, 16) * 0.9} for b, s in zip(boxes, out[:, 4])]
+        gt = torch.stack([t["boxes"][0] for t in targets])
+        noise = torch.rand(len(images), 1)  # model-side randomness, like anchor sampling
+        self.calls += 1
+        box = ((out[:, :4] - gt / 8) ** 2 * (1 + 0.1 * noise)).mean()
+        if self.calls in self.nan_calls:
+            box = box * float("nan")
+        return {"loss_box_reg": box, "loss_classifier": out[:, 4].abs().mean()}
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """12 random 16x16 images with one box each; random horizontal flip from the global torch generator."""
+
+    def __init__(self, n=12):
+        self.n = n
+        self.category_ids, self.class_names = [0, 1], ["background", "blob"]
+        anns = [{"id": i + 1, "image_id": i, "category_id": 1, "bbox": [2.0, 3.0, 8.0, 9.0], "area": 72.0,
+                 "iscrowd": 0, "segmentation": [[2, 3, 10, 3, 10, 12, 2, 12]]} for i in range(n)]
+        self.coco = COCO()
+        self.coco.dataset = {"images": [{"id": i, "height": 16, "width": 16} for i in range(n)],
+                             "categories": [{"id": 1, "name": "blob"}], "annotations": anns}
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco.createIndex()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i))
+        boxes = torch.tensor([[2.0, 3.0, 10.0, 12.0]])
+        if torch.rand(()) < 0.5:
+            image = image.flip(-1)
+            boxes = torch.tensor([[6.0, 3.0, 14.0, 12.0]])
+        return image, {"boxes": boxes, "labels": torch.ones(1, dtype=torch.int64), "image_id": i}
+
+
+def config(**kw):
+    base = dict(steps=12, batch_size=3, lr=0.05, warmup_steps=3, log_every=2, checkpoint_every=2, progress=False)
+    return engine.TrainConfig(**{**base, **kw})
+
+
+def run(out_dir, steps, resume, delay=0.0):
+    """The script entry used by the SIGKILL test and torchrun: train, optionally slowly."""
+    class Slow(ToyDetector):
+        def forward(self, images, targets=None):
+            import time
+            time.sleep(delay)
+            return super().forward(images, targets)
+
+    torch.manual_seed(0)
+    model = Slow()
+    result = engine.train(model, ToyDataset(), config(steps=steps, checkpoint_every=1), out_dir=out_dir,
+                          val_set=ToyDataset(), resume=resume)
+    if engine.get_rank() == 0:
+        torch.save({"state": model.state_dict(), "metrics": result.metrics, "step": result.step},
+                   f"{out_dir}/final_rank0.pt")
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume", float(sys.argv[4]))
+'''
+
+
+@pytest.fixture
+def toy(tmp_path):
+    path = tmp_path / "toy_engine.py"
+    path.write_text(TOY_SOURCE)
+    spec = importlib.util.spec_from_file_location("toy_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_schedule_warmup_then_cosine_or_step():
+    cos = WarmupSchedule(TrainConfig(steps=100, warmup_steps=10, warmup_factor=0.1))
+    assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55) and cos(10) == pytest.approx(1.0)
+    assert cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0, abs=1e-12)
+    step = WarmupSchedule(TrainConfig(steps=100, warmup_steps=0, schedule="step", milestones=(0.5, 0.8), gamma=0.1))
+    assert [step(t) for t in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+def test_batches_depend_only_on_seed_and_step():
+    full = list(StepBatchSampler(10, 3, seed=4, start_step=0, total_steps=8))
+    assert len(full) == 8 and all(len(b) == 3 for b in full)
+    assert list(StepBatchSampler(10, 3, seed=4, start_step=5, total_steps=8)) == full[5:]
+    epoch0 = [i for b in full[:3] for i, _ in b]
+    assert len(set(epoch0)) == 9  # 3 steps per epoch, no image twice within an epoch
+    assert full != list(StepBatchSampler(10, 3, seed=5, start_step=0, total_steps=8))
+    ranks = [list(StepBatchSampler(10, 2, seed=4, start_step=0, total_steps=2, rank=r, world_size=2)) for r in (0, 1)]
+    assert not {i for b in ranks[0] for i, _ in b} & {i for b in ranks[1] for i, _ in b}
+    with pytest.raises(ValueError, match="batch"):
+        StepBatchSampler(2, 3, 0, 0, 1)
+
+
+def test_checkpoint_round_trip(toy, tmp_path):
+    torch.manual_seed(0)
+    model = toy.ToyDetector()
+    engine.train(model, toy.ToyDataset(), toy.config(steps=4), out_dir=tmp_path / "run")
+    ckpt = engine.load_checkpoint(tmp_path / "run" / engine.CHECKPOINT_NAME)
+    assert ckpt["step"] == 4 and set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "rng", "train_config"}
+    fresh = toy.ToyDetector()
+    fresh.load_state_dict(ckpt["model"])
+    assert same_weights(model, fresh)
+    assert ckpt["scheduler"]["last_epoch"] == 4 and ckpt["optimizer"]["state"]  # momentum buffers saved
+    assert not list((tmp_path / "run").glob(".*tmp*"))  # the temporary file was renamed away
+    assert (tmp_path / "run" / engine.LOSS_PLOT_NAME).stat().st_size > 0
+    assert [r["step"] for r in engine.read_metrics(tmp_path / "run" / engine.METRICS_NAME)] == [2, 4]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        engine.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_gives_the_same_weights(toy, tmp_path):
+    torch.manual_seed(0)
+    straight = toy.ToyDetector()
+    engine.train(straight, toy.ToyDataset(), toy.config(), out_dir=tmp_path / "a")
+    torch.manual_seed(0)
+    first = toy.ToyDetector()
+    assert engine.train(first, toy.ToyDataset(), toy.config(), out_dir=tmp_path / "b", stop_at=5).step == 5
+    assert not same_weights(straight, first)
+    torch.manual_seed(123)  # a new process would start from other weights and another RNG state
+    resumed = toy.ToyDetector()
+    result = engine.train(resumed, toy.ToyDataset(), toy.config(), out_dir=tmp_path / "b", resume=True)
+    assert result.step == 12 and same_weights(straight, resumed)
+    steps = [r["step"] for r in engine.read_metrics(tmp_path / "b" / engine.METRICS_NAME)]
+    assert steps == sorted(steps) and steps[-1] == 12
+
+
+def test_nonfinite_loss_skips_the_step_then_stops(toy):
+    torch.manual_seed(0)
+    model = toy.ToyDetector(nan_calls={3})
+    with pytest.warns(RuntimeWarning, match="step 2: non-finite loss"):
+        result = engine.train(model, toy.ToyDataset(), toy.config(steps=6))
+    assert result.step == 6 and all(torch.isfinite(p).all() for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+            engine.train(toy.ToyDetector(nan_calls=range(2, 20)), toy.ToyDataset(), toy.config(max_nonfinite=3))
+
+
+def test_two_process_gloo_run(toy, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "toy_engine.py"), str(tmp_path / "ddp"), "6", "fresh", "0"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = torch.load(tmp_path / "ddp" / "final_rank0.pt")
+    assert out["step"] == 6 and engine.load_checkpoint(tmp_path / "ddp" / engine.CHECKPOINT_NAME)["step"] == 6
+    # rank 0 evaluated all 12 images gathered from both processes: the same AP as one process evaluating the model
+    model = toy.ToyDetector()
+    model.load_state_dict(out["state"])
+    single = engine.evaluate(model, toy.ToyDataset(), "cpu", batch_size=5)
+    assert out["metrics"]["bbox"]["AP"] == pytest.approx(single["bbox"]["AP"])
+    records = engine.read_metrics(tmp_path / "ddp" / engine.METRICS_NAME)
+    assert records[-1]["step"] == 6 and "eval" in records[-1]
+
+
+def test_sigkill_mid_run_then_resume_finishes(toy, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    script = str(tmp_path / "toy_engine.py")
+    proc = subprocess.Popen([sys.executable, script, str(out), "40", "fresh", "0.05"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / engine.CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more steps, then kill without warning (possibly while a checkpoint is being written)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = engine.load_checkpoint(ckpt)["step"]  # the last checkpoint is complete and loadable
+    assert 1 <= killed_at < 40
+    res = subprocess.run([sys.executable, script, str(out), "40", "resume", "0"], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert torch.load(out / "final_rank0.pt")["step"] == 40
+    # and it matches a run that was never interrupted
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, script, str(straight), "40", "fresh", "0"], env=env, check=True, timeout=240,
+                   capture_output=True)
+    a, b = torch.load(out / "final_rank0.pt")["state"], torch.load(straight / "final_rank0.pt")["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
