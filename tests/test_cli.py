@@ -1,0 +1,59 @@
+"""CLI: --help of each command, and a tiny train -> evaluate -> predict run on generated shapes data."""
+import json
+
+import pytest
+
+from minimaskrcnn.__main__ import main, parse_override
+from minimaskrcnn.engine import CHECKPOINT_NAME, LOSS_PLOT_NAME, load_checkpoint
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: python -m minimaskrcnn" in text
+    if command == ["predict"]:
+        assert "--annotations" in text and "IMAGE_OR_FOLDER" in text
+
+
+def test_parse_override():
+    assert parse_override("anchor_sizes=((4,),(8,))") == ("anchor_sizes", ((4,), (8,)))
+    assert parse_override("backbone_norm=gn") == ("backbone_norm", "gn")
+
+
+def test_tiny_train_evaluate_predict(tmp_path, capsys):
+    data, run, pred = tmp_path / "shapes", tmp_path / "run", tmp_path / "pred"
+    main(["train", "--data", str(data), "--out", str(run), "--steps", "3", "--batch-size", "2", "--num-train", "4",
+          "--num-val", "2", "--image-size", "64", "--warmup-steps", "1", "--log-every", "1", "--no-progress",
+          "--override", "min_size=64", "--override", "max_size=64", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "generated 4 shapes images" in out and "segm" in out and "AP50" in out
+    for name in (CHECKPOINT_NAME, LOSS_PLOT_NAME, "predictions.png", "eval.json", "metrics.jsonl"):
+        assert (run / name).stat().st_size > 0, name
+    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
+    assert ckpt["step"] == 3 and ckpt["model_info"]["overrides"] == {"min_size": 64, "max_size": 64}
+
+    main(["evaluate", "--checkpoint", str(run / CHECKPOINT_NAME), "--data", str(data), "--device", "cpu",
+          "--out", str(tmp_path / "metrics.json")])
+    table = capsys.readouterr().out
+    assert "bbox" in table and "segm" in table and "AP50" in table
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"bbox", "segm"}
+
+    images = sorted((data / "val" / "images").iterdir())
+    main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(pred), "--device", "cpu",
+          "--score-threshold", "0.0", str(data / "val" / "images")])
+    assert sorted(p.name for p in pred.glob("*.png")) == sorted(p.stem + ".png" for p in images)
+    results = json.loads((pred / "results.json").read_text())
+    assert {r["image_id"] for r in results} <= {p.name for p in images}
+    for r in results:
+        assert len(r["bbox"]) == 4 and isinstance(r["segmentation"]["counts"], str)
+
+    main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(pred), "--device", "cpu",
+          "--annotations", str(data / "val" / "annotations.json"), str(images[0])])
+    ids = {im["file_name"].split("/")[-1]: im["id"] for im in
+           json.loads((data / "val" / "annotations.json").read_text())["images"]}
+    assert {r["image_id"] for r in json.loads((pred / "results.json").read_text())} <= {ids[images[0].name]}
+    with pytest.raises(SystemExit, match="neither"):
+        main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(pred), str(tmp_path / "nope.png")])
