@@ -1,0 +1,192 @@
+"""Region Proposal Network: score every anchor as object / not object, refine it, keep the best as proposals.
+
+Built in notebooks/05_rpn.ipynb.
+
+Shape glossary
+    N        images in the batch
+    L        feature levels (5 with the FPN: p2, p3, p4, p5, pool)
+    C        channels of the feature maps
+    A        anchors per location (3: one size x three aspect ratios per level)
+    H_l, W_l height and width of level l;  T = sum over levels of H_l*W_l*A, all anchors of one image
+    G        ground-truth boxes of one image
+    P_i      proposals kept for image i
+Boxes are absolute (x1, y1, x2, y2) floats in the coordinates of the padded input batch.
+Every flattened per-anchor tensor is ordered as the anchors: level, then location (row-major), then anchor.
+
+The pieces, each a plain function used by RegionProposalNetwork and by the notebook:
+    flatten_predictions  head outputs per level -> one row per anchor
+    assign_targets       anchors + ground truth -> labels (1 / 0 / -1) and matched boxes
+    rpn_losses           sampled BCE + smooth-L1
+    filter_proposals     decoded boxes -> per-level top-n, clip, small-box and score filters, NMS, post-NMS top-n
+"""
+import torch
+from torch import Tensor, nn
+
+from minimaskrcnn.anchors import AnchorGenerator
+from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from minimaskrcnn.losses import rpn_box_loss, rpn_objectness_loss
+from minimaskrcnn.matching import BalancedSampler, Matcher
+
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)  # the RPN's deltas are not rescaled (the box head uses 10, 10, 5, 5)
+
+
+class RPNHead(nn.Module):
+    """Shared 3x3 conv + ReLU, then two 1x1 convs: A objectness logits and 4A box deltas per location.
+
+    The same weights run on every level (anchors of all sizes look alike relative to their level's stride).
+    `conv` is Sequential(Sequential(Conv2d, ReLU)) so parameter names match torchvision's (conv.0.0.weight).
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU(inplace=True)))
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """features: [Tensor[N, C, H_l, W_l]] -> (logits [Tensor[N, A, H_l, W_l]], deltas [Tensor[N, 4A, H_l, W_l]])."""
+        logits, deltas = [], []
+        for x in features:
+            t = self.conv(x)
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
+
+
+def flatten_predictions(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Head outputs per level -> (objectness Tensor[N, T], deltas Tensor[N, T, 4]) in the anchors' order."""
+    flat_logits, flat_deltas = [], []
+    for lg, dl in zip(logits, deltas):
+        n, a, h, w = lg.shape
+        flat_logits.append(lg.permute(0, 2, 3, 1).reshape(n, h * w * a))  # (N, A, H, W) -> (N, H*W*A)
+        dl = dl.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2)  # (N, A*4, H, W) -> (N, H, W, A, 4)
+        flat_deltas.append(dl.reshape(n, h * w * a, 4))  # -> (N, H*W*A, 4)
+    return torch.cat(flat_logits, dim=1), torch.cat(flat_deltas, dim=1)
+
+
+def assign_targets(anchors: Tensor, gt_boxes: Tensor, matcher: Matcher) -> tuple[Tensor, Tensor]:
+    """Label the anchors of one image. anchors: Tensor[T, 4], gt_boxes: Tensor[G, 4] ->
+    (labels Tensor[T] float: 1 positive, 0 negative, -1 ignored; matched_boxes Tensor[T, 4]: each anchor's
+    matched ground-truth box, meaningful for positives only). No ground truth -> all negative, zero boxes.
+    """
+    if gt_boxes.numel() == 0:
+        labels = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
+        return labels, torch.zeros_like(anchors)
+    matches = matcher(box_iou(gt_boxes, anchors))  # (G, T) -> (T,)
+    matched_boxes = gt_boxes[matches.clamp(min=0)]
+    labels = (matches >= 0).to(anchors.dtype)
+    labels[matches == Matcher.BELOW_LOW_THRESHOLD] = 0.0
+    labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1.0
+    return labels, matched_boxes
+
+
+def rpn_losses(objectness: Tensor, pred_deltas: Tensor, labels: list[Tensor], target_deltas: list[Tensor],
+               sampler: BalancedSampler) -> dict[str, Tensor]:
+    """objectness: Tensor[N, T] logits, pred_deltas: Tensor[N, T, 4], labels / target_deltas per image
+    ([Tensor[T]], [Tensor[T, 4]]) -> {"loss_objectness": BCE over the sampled anchors (mean),
+    "loss_rpn_box_reg": smooth-L1 (beta 1/9) over the sampled positives, summed, / number sampled}.
+    """
+    pos_masks, neg_masks = sampler(labels)
+    pos = torch.where(torch.cat(pos_masks))[0]
+    sampled = torch.where(torch.cat(pos_masks) | torch.cat(neg_masks))[0]
+    objectness, pred_deltas = objectness.reshape(-1), pred_deltas.reshape(-1, 4)  # (N, T) -> (N*T,)
+    labels, target_deltas = torch.cat(labels), torch.cat(target_deltas)
+    return {
+        "loss_objectness": rpn_objectness_loss(objectness[sampled], labels[sampled]),
+        "loss_rpn_box_reg": rpn_box_loss(pred_deltas[pos], target_deltas[pos], sampled.numel()),
+    }
+
+
+def filter_proposals(proposals: Tensor, objectness: Tensor, level_sizes: list[int], image_sizes: list[tuple[int, int]],
+                     pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float, min_size: float = 1e-3,
+                     score_thresh: float = 0.0) -> tuple[list[Tensor], list[Tensor]]:
+    """Turn every decoded anchor into a short list of proposals per image.
+
+    proposals: Tensor[N, T, 4] decoded boxes, objectness: Tensor[N, T] logits, level_sizes: [H_l*W_l*A] per level,
+    image_sizes: [(h, w)] unpadded. Steps: the pre_nms_top_n best logits of each level, sigmoid, clip to the image,
+    drop boxes smaller than min_size and scores below score_thresh, NMS at nms_thresh within each level, keep the
+    post_nms_top_n best. -> (boxes [Tensor[P_i, 4]], scores [Tensor[P_i]] probabilities), by decreasing score.
+    """
+    objectness = objectness.detach()
+    num_images, device = proposals.shape[0], proposals.device
+    top_idx, levels, offset = [], [], 0
+    for level, ob in enumerate(objectness.split(level_sizes, dim=1)):
+        k = min(pre_nms_top_n, ob.shape[1])
+        _, idx = ob.topk(k, dim=1)  # (N, k)
+        top_idx.append(idx + offset)
+        levels.append(torch.full((k,), level, dtype=torch.int64, device=device))
+        offset += ob.shape[1]
+    top_idx = torch.cat(top_idx, dim=1)  # (N, sum k)
+    levels = torch.cat(levels)
+    batch_idx = torch.arange(num_images, device=device)[:, None]
+    objectness, proposals = objectness[batch_idx, top_idx], proposals[batch_idx, top_idx]
+    scores_all = torch.sigmoid(objectness)
+    final_boxes, final_scores = [], []
+    for boxes, scores, size in zip(proposals, scores_all, image_sizes):
+        boxes = clip_boxes(boxes, size)
+        keep = remove_small_boxes(boxes, min_size)
+        boxes, scores, lvl = boxes[keep], scores[keep], levels[keep]
+        keep = torch.where(scores >= score_thresh)[0]
+        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+        keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post_nms_top_n]  # sorted by decreasing score
+        final_boxes.append(boxes[keep])
+        final_scores.append(scores[keep])
+    return final_boxes, final_scores
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors + head + targets + losses + proposal filtering, with train / eval top-n set separately.
+
+    forward(features [Tensor[N, C, H_l, W_l]], image_sizes [(h, w)] unpadded, batch_shape (H, W) padded,
+    targets [{"boxes": Tensor[G, 4], ...}] or None) -> (proposals [Tensor[P_i, 4]], losses dict; empty unless
+    training with targets).
+    """
+
+    def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, fg_iou_thresh: float = 0.7,
+                 bg_iou_thresh: float = 0.3, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
+                 pre_nms_top_n_train: int = 2000, pre_nms_top_n_test: int = 1000, post_nms_top_n_train: int = 2000,
+                 post_nms_top_n_test: int = 1000, nms_thresh: float = 0.7, min_size: float = 1e-3,
+                 score_thresh: float = 0.0):
+        super().__init__()
+        self.anchor_generator, self.head = anchor_generator, head
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self._pre_nms_top_n = {"train": pre_nms_top_n_train, "test": pre_nms_top_n_test}
+        self._post_nms_top_n = {"train": post_nms_top_n_train, "test": post_nms_top_n_test}
+        self.nms_thresh, self.min_size, self.score_thresh = nms_thresh, min_size, score_thresh
+
+    def pre_nms_top_n(self) -> int:
+        return self._pre_nms_top_n["train" if self.training else "test"]
+
+    def post_nms_top_n(self) -> int:
+        return self._post_nms_top_n["train" if self.training else "test"]
+
+    def forward(self, features: list[Tensor], image_sizes: list[tuple[int, int]], batch_shape: tuple[int, int],
+                targets: list[dict] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        if len(image_sizes) != features[0].shape[0]:
+            raise ValueError(f"{features[0].shape[0]} images in the features but {len(image_sizes)} image_sizes")
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(tuple(batch_shape), [f.shape[-2:] for f in features], features[0].device)
+        level_sizes = [len(a) for a in anchors]
+        anchors = torch.cat(anchors)  # (T, 4), shared by every image of the batch
+        objectness, pred_deltas = flatten_predictions(logits, deltas)  # (N, T), (N, T, 4)
+        num_images = objectness.shape[0]
+        proposals = decode_boxes(pred_deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1), RPN_BOX_WEIGHTS)
+        proposals = proposals.view(num_images, -1, 4)  # (N*T, 4) -> (N, T, 4)
+        boxes, _ = filter_proposals(proposals, objectness, level_sizes, image_sizes, self.pre_nms_top_n(),
+                                    self.post_nms_top_n(), self.nms_thresh, self.min_size, self.score_thresh)
+        losses = {}
+        if self.training and targets is not None:
+            if len(targets) != num_images:
+                raise ValueError(f"{num_images} images but {len(targets)} targets")
+            labels, target_deltas = [], []
+            for target in targets:
+                image_labels, matched_boxes = assign_targets(anchors, target["boxes"].to(anchors.dtype), self.matcher)
+                labels.append(image_labels)
+                target_deltas.append(encode_boxes(matched_boxes, anchors, RPN_BOX_WEIGHTS))
+            losses = rpn_losses(objectness, pred_deltas, labels, target_deltas, self.sampler)
+        return boxes, losses
