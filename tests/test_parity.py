@@ -77,7 +77,7 @@ def reference_model(images: list[torch.Tensor], **kwargs) -> torch.nn.Module:
         body(model.transform([image])[0].tensors)
     _freeze_batch_norms(model)
     model.rpn.head.cls_logits.weight.mul_(100)
-    model.roi_heads.box_predictor.cls_score.weight.mul_(30)
+    model.roi_heads.box_predictor.cls_score.weight.mul_(3)
     model.roi_heads.box_predictor.bbox_pred.weight.mul_(3)
     return model.eval()
 
