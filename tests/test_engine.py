@@ -113,6 +113,19 @@ def toy(tmp_path):
     return module
 
 
+def run_group(cmd, env, timeout=240):
+    """subprocess.run that, on timeout, kills the whole process group (torchrun's workers included)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd} timed out after {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def same_weights(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -189,7 +202,7 @@ def test_two_process_gloo_run(toy, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(tmp_path / "toy_engine.py"), str(tmp_path / "ddp"), "6", "fresh", "0"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    res = run_group(cmd, env)
     assert res.returncode == 0, res.stderr[-3000:]
     out = torch.load(tmp_path / "ddp" / "final_rank0.pt")
     assert out["step"] == 6 and engine.load_checkpoint(tmp_path / "ddp" / engine.CHECKPOINT_NAME)["step"] == 6
@@ -218,13 +231,11 @@ def test_sigkill_mid_run_then_resume_finishes(toy, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_at = engine.load_checkpoint(ckpt)["step"]  # the last checkpoint is complete and loadable
     assert 1 <= killed_at < 40
-    res = subprocess.run([sys.executable, script, str(out), "40", "resume", "0"], env=env, capture_output=True,
-                         text=True, timeout=240)
+    res = run_group([sys.executable, script, str(out), "40", "resume", "0"], env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert torch.load(out / "final_rank0.pt")["step"] == 40
     # and it matches a run that was never interrupted
     straight = tmp_path / "straight"
-    subprocess.run([sys.executable, script, str(straight), "40", "fresh", "0"], env=env, check=True, timeout=240,
-                   capture_output=True)
+    assert run_group([sys.executable, script, str(straight), "40", "fresh", "0"], env).returncode == 0
     a, b = torch.load(out / "final_rank0.pt")["state"], torch.load(straight / "final_rank0.pt")["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
