@@ -1,0 +1,141 @@
+"""Drawing images with their instances (boxes, labels, scores, translucent masks), and RLE pictures.
+
+Built in notebooks/00_data.ipynb; `draw_instances` is reused by every notebook that shows boxes or masks.
+
+Shape glossary
+    N      number of instances (ground truth or detections) in one image
+    H, W   image height and width
+"""
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def image_to_numpy(image) -> np.ndarray:
+    """Tensor[3, H, W] (float 0..1 or uint8) or array[H, W, 3] -> float array[H, W, 3] in 0..1 for imshow."""
+    array = _numpy(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+    elif array.ndim == 3 and array.shape[0] in (1, 3) and isinstance(image, torch.Tensor):
+        array = array.transpose(1, 2, 0)  # torch images are channel-first even when W is 1 or 3
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    array = array.astype(np.float64) / 255 if array.dtype == np.uint8 else array.astype(np.float64)
+    return array.clip(0, 1)
+
+
+def instance_colour(k: int) -> np.ndarray:
+    """RGB in 0..1 for class (or instance) number k, from the tab10 palette."""
+    return np.array(colormaps["tab10"](int(k) % 10)[:3])
+
+
+def draw_instances(ax, image, boxes=None, labels=None, scores=None, masks=None, class_names=None, *,
+                   show_boxes: bool = True, show_masks: bool = True, show_labels: bool = True,
+                   score_threshold: float | None = None, mask_alpha: float = 0.45, mask_threshold: float = 0.5,
+                   colour_by: str = "label", title: str | None = None, fontsize: float = 7):
+    """Draw an image and its instances on a matplotlib Axes.
+
+    image: Tensor[3, H, W] (0..1 or uint8) or array[H, W, 3]; boxes: Tensor[N, 4] (x1, y1, x2, y2);
+    labels: Tensor[N] (contiguous 1..K); scores: Tensor[N] or None; masks: Tensor[N, H, W] or Tensor[N, 1, H, W],
+    0/1 or probabilities (filled translucently where > mask_threshold); class_names: list, index = label.
+    score_threshold: draw only instances scoring at least this. colour_by: "label" (one colour per class) or
+    "instance". Any of boxes/labels/scores/masks may be None. Returns the Axes.
+    """
+    canvas = image_to_numpy(image).copy()
+    n = next((len(x) for x in (boxes, labels, masks, scores) if x is not None), 0)
+    keep = np.ones(n, dtype=bool)
+    if score_threshold is not None and scores is not None:
+        keep = _numpy(scores) >= score_threshold
+    label_list = _numpy(labels).astype(int).tolist() if labels is not None else [None] * n
+    colours = [instance_colour(label if colour_by == "label" and label is not None else j)
+               for j, label in enumerate(label_list)]
+    if masks is not None and show_masks:
+        mask_array = _numpy(masks).astype(np.float32)
+        if mask_array.ndim == 4:
+            mask_array = mask_array[:, 0]  # (N, 1, H, W) -> (N, H, W)
+        for j in np.flatnonzero(keep):
+            on = mask_array[j] > mask_threshold
+            canvas[on] = (1 - mask_alpha) * canvas[on] + mask_alpha * colours[j]
+    ax.imshow(canvas, interpolation="nearest")
+    box_list = _numpy(boxes).tolist() if boxes is not None else [None] * n
+    score_list = _numpy(scores).tolist() if scores is not None else [None] * n
+    for j in np.flatnonzero(keep):
+        box, label, score = box_list[j], label_list[j], score_list[j]
+        if box is not None and show_boxes:
+            x1, y1, x2, y2 = box
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.3, edgecolor=colours[j]))
+        if show_labels and (label is not None or score is not None):
+            text = "" if label is None else (class_names[label] if class_names and label < len(class_names)
+                                             else str(label))
+            text += "" if score is None else f" {score:.2f}"
+            x, y = (box[0], box[1]) if box is not None else _mask_corner(masks, j)
+            ax.text(x, y, text.strip(), fontsize=fontsize, color="white", va="bottom",
+                    bbox={"facecolor": colours[j], "alpha": 0.8, "pad": 0.6, "lw": 0})
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def _mask_corner(masks, j: int):
+    """(x, y) of the top-left pixel of mask j, where a label goes when there is no box."""
+    if masks is None:
+        return 0, 0
+    m = _numpy(masks[j]).reshape(_numpy(masks[j]).shape[-2:]) > 0.5
+    rows, cols = np.nonzero(m)
+    return (int(cols.min()), int(rows.min())) if len(rows) else (0, 0)
+
+
+def plot_samples(dataset, indices, cols: int = 4, fig=None, **draw_kwargs):
+    """A grid of dataset items (image, target) with their instances; draw_kwargs go to `draw_instances`."""
+    indices = list(indices)
+    rows = max(1, -(-len(indices) // cols))
+    fig = fig if fig is not None else Figure(figsize=(3 * cols, 3 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, i in zip(axes, indices):
+        image, target = dataset[i]
+        draw_instances(ax, image, target["boxes"], target["labels"], masks=target["masks"],
+                       class_names=getattr(dataset, "class_names", None),
+                       title=f"image id {target['image_id']}", **draw_kwargs)
+    for ax in axes[len(indices):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def plot_rle(mask, counts, fig=None, max_runs: int = 12):
+    """Explain run-length encoding: a small mask, its pixels read column by column, and the runs.
+
+    mask: array[H, W] 0/1 (keep it tiny, e.g. 8 x 8); counts: its uncompressed RLE counts (alternating
+    background/foreground run lengths, column-major, starting with background).
+    """
+    mask = _numpy(mask).astype(np.uint8)
+    fig = fig if fig is not None else Figure(figsize=(9, 3.2))
+    ax_mask, ax_flat = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.6]})
+    ax_mask.imshow(mask, cmap="gray_r", vmin=0, vmax=1.6)
+    height, width = mask.shape
+    for c in range(width):  # the column-major reading order
+        ax_mask.annotate("", xy=(c, height - 0.6), xytext=(c, -0.4),
+                         arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.5})
+    ax_mask.set(title=f"mask {height} x {width}, read by columns", xticks=[], yticks=[])
+    flat = mask.flatten(order="F")  # column-major, as COCO
+    ax_flat.imshow(flat[None], cmap="gray_r", vmin=0, vmax=1.6, aspect="auto", extent=(0, len(flat), 0, 1))
+    start = 0
+    for k, run in enumerate(counts[:max_runs]):
+        if run:
+            ax_flat.text(start + run / 2, 0.5, str(run), ha="center", va="center", fontsize=8,
+                         color="tab:blue" if k % 2 == 0 else "white")
+            ax_flat.axvline(start, color="tab:red", lw=0.8)
+        start += run
+    ax_flat.set(title=f"the {len(flat)} pixels in a row; runs = {list(counts[:max_runs])}", yticks=[],
+                xlabel="pixel index (column-major)")
+    fig.tight_layout()
+    return fig
