@@ -6,7 +6,7 @@ Shape glossary
     N        images in the batch
     H, W     an image's original height and width;  H', W' after resizing;  (Hp, Wp) the padded batch
     G        ground-truth instances of one image
-    K        object classes (labels 1..K; 0 is background)
+    K        object classes (labels 1..K; 0 is background); num_classes = K + 1 counts the background too
     D        detections of one image
 Boxes are absolute (x1, y1, x2, y2) floats, in original image pixels at the model's input and output.
 
@@ -21,9 +21,8 @@ from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import build_backbone
-from minimaskrcnn.boxes import box_iou, clip_boxes, decode_boxes
+from minimaskrcnn.boxes import clip_boxes, decode_boxes
 from minimaskrcnn.masks import paste_masks_in_image
-from minimaskrcnn.matching import Matcher
 from minimaskrcnn.roi_heads import (
     BoxPredictor,
     MaskHead,
@@ -35,7 +34,7 @@ from minimaskrcnn.roi_heads import (
     sample_proposals,
 )
 from minimaskrcnn.roi_ops import MultiScaleRoIAlign
-from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead
+from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, flatten_predictions
 from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_to
 
 
@@ -143,7 +142,10 @@ def check_images(images) -> None:
 
 
 def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
-    """Raise TypeError/ValueError unless targets has one valid {boxes, labels, masks} dict per image."""
+    """Raise TypeError/ValueError unless targets has one valid {boxes, labels, masks} dict per image.
+
+    num_classes counts the background: valid labels are 1..num_classes - 1.
+    """
     if not isinstance(targets, (list, tuple)):
         raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
     if len(targets) != len(images):
@@ -174,11 +176,11 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
             raise TypeError(f"{where}['labels'] has dtype {labels.dtype}; expected torch.int64")
         if labels.shape != (boxes.shape[0],):
             raise ValueError(f"{where}['labels'] has shape {tuple(labels.shape)} for {boxes.shape[0]} boxes")
-        out_of_range = (labels < 1) | (labels > num_classes)
+        out_of_range = (labels < 1) | (labels >= num_classes)
         if out_of_range.any():
             bad = torch.where(out_of_range)[0][0].item()
-            raise ValueError(f"{where}['labels'][{bad}] = {labels[bad].item()} is outside 1..{num_classes} "
-                             "(0 is reserved for background)")
+            raise ValueError(f"{where}['labels'][{bad}] = {labels[bad].item()} is outside 1..{num_classes - 1} "
+                             f"(0 is reserved for background; the model has num_classes = {num_classes} with it)")
         expected = (boxes.shape[0], *image.shape[-2:])
         if tuple(masks.shape) != expected:
             raise ValueError(f"{where}['masks'] has shape {tuple(masks.shape)}; expected {expected} "
@@ -189,7 +191,7 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
 # The model
 # ----------------------------------------------------------------------------------------------------------------
 class MaskRCNN(nn.Module):
-    """Mask R-CNN. num_classes counts the object classes K (labels 1..K); the heads predict K + 1 with background.
+    """Mask R-CNN. num_classes = K + 1 counts the background too, as torchvision (91 for COCO); labels are 1..K.
 
     model(images, targets) in training -> {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
     "loss_box_reg", "loss_mask"}; in eval (model.eval(); targets None) -> per image
@@ -199,8 +201,9 @@ class MaskRCNN(nn.Module):
 
     def __init__(self, cfg: MaskRCNNConfig, num_classes: int):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), got {num_classes}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background too (torchvision's convention), so it must be "
+                             f">= 2, got {num_classes}")
         if cfg.roi_op not in ("align", "pool"):
             raise ValueError(f"roi_op must be 'align' or 'pool', got {cfg.roi_op!r}")
         self.cfg, self.num_classes = cfg, num_classes
@@ -209,7 +212,6 @@ class MaskRCNN(nn.Module):
         )
         channels = self.backbone.out_channels
         anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios)
-        self.anchor_generator = anchor_generator  # shared with the RPN; kept here for inspect() (it has no state)
         self.rpn = RegionProposalNetwork(
             anchor_generator,
             RPNHead(channels, anchor_generator.num_anchors_per_location()[0]),
@@ -229,10 +231,10 @@ class MaskRCNN(nn.Module):
         self.roi_heads = RoIHeads(
             box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, cfg.sampling_ratio, pool=cfg.roi_op),
             box_head=TwoMLPHead(channels * cfg.box_roi_size**2, cfg.representation_size),
-            box_predictor=BoxPredictor(cfg.representation_size, num_classes + 1),
+            box_predictor=BoxPredictor(cfg.representation_size, num_classes),
             mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, cfg.sampling_ratio, pool=cfg.roi_op),
             mask_head=MaskHead(channels, cfg.mask_head_layers),
-            mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes + 1),
+            mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes),
             fg_iou_thresh=cfg.box_fg_iou_thresh,
             bg_iou_thresh=cfg.box_bg_iou_thresh,
             batch_size_per_image=cfg.box_batch_size_per_image,
@@ -306,16 +308,12 @@ class MaskRCNN(nn.Module):
             features = self.backbone(batch)
             levels = list(features.values())
             stages["features"] = features
-            anchors = self.anchor_generator(tuple(batch.shape[-2:]), [f.shape[-2:] for f in levels], batch.device)
+            anchors = self.rpn.anchor_generator(tuple(batch.shape[-2:]), [f.shape[-2:] for f in levels], batch.device)
             stages["anchors"] = anchors
-            logits, _ = self.rpn.head(levels)
-            # (1, A, H_l, W_l) -> (H_l*W_l*A,): location-major like the anchors
-            stages["objectness"] = [lg[0].permute(1, 2, 0).reshape(-1).sigmoid() for lg in logits]
+            objectness, _ = flatten_predictions(*self.rpn.head(levels))  # (1, sum H_l*W_l*A)
+            stages["objectness"] = list(objectness[0].sigmoid().split([len(a) for a in anchors]))
             if targets is not None:
-                cfg = self.cfg
-                matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, allow_low_quality_matches=True)
-                matches = matcher(box_iou(targets[0]["boxes"], torch.cat(anchors)))
-                stages["anchor_labels"] = torch.where(matches >= 0, 1, torch.where(matches == -1, 0, -1))
+                stages["anchor_labels"], _ = assign_targets(torch.cat(anchors), targets[0]["boxes"], self.rpn.matcher)
             proposals, _ = self.rpn(levels, image_sizes, tuple(batch.shape[-2:]), None)
             stages["proposals"] = proposals[0]
             heads = self.roi_heads
@@ -325,7 +323,7 @@ class MaskRCNN(nn.Module):
             class_logits, box_regression = heads.box_forward(features, proposals, image_sizes)
             stages["class_probs"] = class_logits.softmax(-1)
             refined = decode_boxes(box_regression, proposals[0], heads.box_coder_weights)
-            stages["refined_boxes"] = clip_boxes(refined.reshape(len(refined), self.num_classes + 1, 4), size)  # (P, (K+1)*4) -> (P, K+1, 4)
+            stages["refined_boxes"] = clip_boxes(refined.reshape(len(refined), self.num_classes, 4), size)  # (P, (K+1)*4) -> (P, K+1, 4)
             boxes, scores, labels = postprocess_detections(
                 class_logits, box_regression, proposals, image_sizes, heads.box_coder_weights,
                 heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
@@ -341,7 +339,10 @@ class MaskRCNN(nn.Module):
 
 
 def build_model(preset: str = "tiny", num_classes: int = 91, **overrides) -> MaskRCNN:
-    """A MaskRCNN from a named preset ("tiny", "r50_fpn"), with any config field overridden by keyword."""
+    """A MaskRCNN from a named preset ("tiny", "r50_fpn"), with any config field overridden by keyword.
+
+    num_classes includes the background, as torchvision: 91 for COCO, len(dataset.class_names) for a CocoDataset.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     names = {f.name for f in fields(MaskRCNNConfig)}

@@ -40,7 +40,7 @@ def shapes_image(size, objects):
 def small_model(**overrides):
     """The tiny preset on 64-pixel inputs: what the fast tests train."""
     torch.manual_seed(0)
-    return build_model("tiny", num_classes=3, **{"min_size": 64, "max_size": 96, **overrides})
+    return build_model("tiny", num_classes=4, **{"min_size": 64, "max_size": 96, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -66,10 +66,10 @@ def test_r50_fpn_has_the_reference_parameter_shapes():
 
 def test_build_model_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown preset"):
-        build_model("r101", 3)
+        build_model("r101", 4)
     with pytest.raises(TypeError, match="unknown config field"):
-        build_model("tiny", 3, fpn_chanels=32)
-    assert PRESETS["tiny"].roi_op == "align" and build_model("tiny", 3, roi_op="pool").cfg.roi_op == "pool"
+        build_model("tiny", 4, fpn_chanels=32)
+    assert PRESETS["tiny"].roi_op == "align" and build_model("tiny", 4, roi_op="pool").cfg.roi_op == "pool"
 
 
 # ------------------------------------------------------------------------------------------ call convention
@@ -131,7 +131,7 @@ def _target(**changes):
         (_target(boxes=torch.tensor([[4.0, 20.0, 20.0, 4.0]])), ValueError, "y2 > y1"),
         (_target(boxes=torch.tensor([[4.0, 4.0, float("nan"), 20.0]])), ValueError, "not finite"),
         (_target(labels=torch.tensor([0])), ValueError, r"labels'\]\[0\] = 0 is outside 1..3"),
-        (_target(labels=torch.tensor([4])), ValueError, "outside 1..3"),
+        (_target(labels=torch.tensor([4])), ValueError, "outside 1..3.*num_classes = 4"),
         (_target(labels=torch.tensor([1.0])), TypeError, "int64"),
         (_target(boxes=torch.tensor([[4, 4, 20, 20]])), TypeError, "float"),
         (_target(masks=torch.zeros(1, 16, 32, dtype=torch.uint8)), ValueError, "masks.*expected \\(1, 32, 32\\)"),
@@ -200,3 +200,24 @@ def test_overfits_four_images():
     with torch.no_grad():
         ious = best_mask_ious(model.eval()(images), targets)
     assert sum(ious) / len(ious) >= 0.8, f"mask IoU per instance after 60 steps: {[round(i, 3) for i in ious]}"
+
+
+# Loss dict of the golden-loss test, computed once with this code (seed 0, the two images below). If a change
+# moves these numbers on purpose, re-pin them from the failure message, which prints the new dict.
+GOLDEN_LOSSES = {
+    "loss_objectness": 0.68916,
+    "loss_rpn_box_reg": 0.00215,
+    "loss_classifier": 1.4198,
+    "loss_box_reg": 0.03365,
+    "loss_mask": 1.83793,
+}
+
+
+def test_golden_losses():
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=4, min_size=64, max_size=96).train()
+    a = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 60.0))])
+    b = shapes_image((48, 72), [("ellipse", 3, (4.0, 6.0, 40.0, 40.0))])
+    torch.manual_seed(1)
+    losses = {k: round(v.item(), 5) for k, v in model([a[0], b[0]], [a[1], b[1]]).items()}
+    assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-3, abs=1e-5), f"new loss values: {losses}"
