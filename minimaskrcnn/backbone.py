@@ -243,3 +243,28 @@ def build_backbone(depth: int = 50, norm: str = "frozen_bn", trainable_layers: i
     if fpn_channels < 1:
         raise ValueError(f"fpn_channels must be >= 1, got {fpn_channels}")
     return BackboneWithFPN(ResNet(depth, norm, trainable_layers, base_width), fpn_channels)
+
+
+def receptive_fields(body: ResNet) -> "OrderedDict[str, tuple[int, int]]":
+    """Stride and theoretical receptive field (pixels) of each stage of a ResNet body: {"c2": (4, rf), ...}.
+
+    Walks the main path layer by layer: each k x k layer widens the field by (k - 1) x the current stride (jump),
+    then multiplies the jump by its own stride. The shortcut projections never widen it. Built in notebooks/04.
+    """
+    field, jump = 1, 1
+
+    def grow(kernel: int, stride: int):
+        nonlocal field, jump
+        field, jump = field + (kernel - 1) * jump, jump * stride
+
+    grow(body.conv1.kernel_size[0], body.conv1.stride[0])
+    grow(body.maxpool.kernel_size, body.maxpool.stride)
+    out = OrderedDict()
+    for i in range(4):
+        for block in getattr(body, f"layer{i + 1}"):
+            for name in ("conv1", "conv2", "conv3"):
+                conv = getattr(block, name, None)
+                if conv is not None:
+                    grow(conv.kernel_size[0], conv.stride[0])
+        out[f"c{i + 2}"] = (jump, field)
+    return out

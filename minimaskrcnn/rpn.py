@@ -165,10 +165,10 @@ class RegionProposalNetwork(nn.Module):
     def post_nms_top_n(self) -> int:
         return self._post_nms_top_n["train" if self.training else "test"]
 
-    def forward(self, features: list[Tensor], image_sizes: list[tuple[int, int]], batch_shape: tuple[int, int],
-                targets: list[dict] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
-        if len(image_sizes) != features[0].shape[0]:
-            raise ValueError(f"{features[0].shape[0]} images in the features but {len(image_sizes)} image_sizes")
+    def predict(self, features: list[Tensor], batch_shape: tuple[int, int]):
+        """Run the head on every level and decode every anchor (no filtering) ->
+        (anchors Tensor[T, 4], level_sizes [H_l*W_l*A], objectness Tensor[N, T] logits, deltas Tensor[N, T, 4],
+        proposals Tensor[N, T, 4] decoded from the detached deltas)."""
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(tuple(batch_shape), [f.shape[-2:] for f in features], features[0].device)
         level_sizes = [len(a) for a in anchors]
@@ -176,7 +176,14 @@ class RegionProposalNetwork(nn.Module):
         objectness, pred_deltas = flatten_predictions(logits, deltas)  # (N, T), (N, T, 4)
         num_images = objectness.shape[0]
         proposals = decode_boxes(pred_deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1), RPN_BOX_WEIGHTS)
-        proposals = proposals.view(num_images, -1, 4)  # (N*T, 4) -> (N, T, 4)
+        return anchors, level_sizes, objectness, pred_deltas, proposals.view(num_images, -1, 4)  # (N*T, 4) -> (N, T, 4)
+
+    def forward(self, features: list[Tensor], image_sizes: list[tuple[int, int]], batch_shape: tuple[int, int],
+                targets: list[dict] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        if len(image_sizes) != features[0].shape[0]:
+            raise ValueError(f"{features[0].shape[0]} images in the features but {len(image_sizes)} image_sizes")
+        anchors, level_sizes, objectness, pred_deltas, proposals = self.predict(features, batch_shape)
+        num_images = objectness.shape[0]
         boxes, _ = filter_proposals(proposals, objectness, level_sizes, image_sizes, self.pre_nms_top_n(),
                                     self.post_nms_top_n(), self.nms_thresh, self.min_size, self.score_thresh)
         losses = {}
@@ -190,3 +197,16 @@ class RegionProposalNetwork(nn.Module):
                 target_deltas.append(encode_boxes(matched_boxes, anchors, RPN_BOX_WEIGHTS))
             losses = rpn_losses(objectness, pred_deltas, labels, target_deltas, self.sampler)
         return boxes, losses
+
+
+def proposal_recall(proposals: list[Tensor], gt_boxes: list[Tensor], num_proposals: int, iou_thresh: float) -> float:
+    """Fraction of all ground-truth boxes that one of their image's first num_proposals proposals covers with
+    IoU >= iou_thresh. proposals: [Tensor[P_i, 4]] sorted by score, gt_boxes: [Tensor[G_i, 4]]. Built in 05_rpn."""
+    found, total = 0, 0
+    for boxes, gt in zip(proposals, gt_boxes):
+        total += len(gt)
+        if len(gt) and num_proposals > 0 and len(boxes):
+            found += int((box_iou(gt, boxes[:num_proposals]).max(dim=1).values >= iou_thresh).sum())
+    if total == 0:
+        raise ValueError("proposal_recall: no ground-truth boxes in gt_boxes")
+    return found / total

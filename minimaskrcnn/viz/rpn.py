@@ -1,0 +1,90 @@
+"""Pictures of the backbone's features and of the RPN: feature maps, anchor labels, proposals, recall curves.
+
+Built in notebooks/04_backbone_fpn.ipynb and notebooks/05_rpn.ipynb. Model code never imports this module.
+
+Shape glossary
+    C, H_l, W_l   channels and size of one feature level
+    T             anchors of one image;  P proposals;  G ground-truth boxes
+"""
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.patches import Rectangle
+
+from minimaskrcnn.viz.data import image_to_numpy
+
+POSITIVE, NEGATIVE, IGNORED, GT = "#2ca02c", "#d62728", "#ffbf00", "white"
+
+
+def _boxes(ax, boxes, colour, lw=1.0, alpha=1.0, ls="-"):
+    for x1, y1, x2, y2 in torch.as_tensor(boxes).reshape(-1, 4).tolist():
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=lw, edgecolor=colour, alpha=alpha, ls=ls))
+
+
+def plot_feature_map(ax, feature, channel: int, title: str | None = None):
+    """One channel of a feature map. feature: Tensor[C, H_l, W_l] (or [1, C, H_l, W_l]). Returns the AxesImage."""
+    feature = feature[0] if feature.dim() == 4 else feature
+    if not 0 <= channel < feature.shape[0]:
+        raise ValueError(f"plot_feature_map: channel {channel} outside 0..{feature.shape[0] - 1}")
+    shown = ax.imshow(feature[channel].detach().cpu().numpy(), cmap="viridis", interpolation="nearest")
+    ax.set_title(title or f"channel {channel}  ({feature.shape[1]} x {feature.shape[2]})", fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+    return shown
+
+
+def plot_levels(fig, image, features: dict, channel: int = 0):
+    """The image and one channel of every level of features {name: Tensor[1, C, H_l, W_l]}, side by side."""
+    axes = fig.subplots(1, len(features) + 1)
+    axes[0].imshow(image_to_numpy(image))
+    axes[0].set_title("input", fontsize=9)
+    axes[0].set_axis_off()
+    for ax, (name, feature) in zip(axes[1:], features.items()):
+        plot_feature_map(ax, feature, channel % feature.shape[1], f"{name} {tuple(feature.shape[-2:])}")
+    return axes
+
+
+def draw_anchor_labels(ax, image, anchors, labels, gt_boxes=None, max_negatives: int = 40, seed: int = 0):
+    """Image with its anchors coloured by training label: positives (green boxes), ignored (amber boxes),
+    and a random subset of max_negatives negatives (red, dashed). anchors: Tensor[T, 4], labels: Tensor[T]
+    (1 / 0 / -1); gt_boxes: Tensor[G, 4] drawn thick white."""
+    ax.imshow(image_to_numpy(image))
+    labels = torch.as_tensor(labels)
+    negatives = torch.where(labels == 0)[0]
+    pick = torch.randperm(len(negatives), generator=torch.Generator().manual_seed(seed))[:max_negatives]
+    _boxes(ax, anchors[negatives[pick]], NEGATIVE, lw=0.6, alpha=0.6, ls="--")
+    _boxes(ax, anchors[labels == -1], IGNORED, lw=0.8, alpha=0.8)
+    _boxes(ax, anchors[labels == 1], POSITIVE, lw=1.2)
+    if gt_boxes is not None:
+        _boxes(ax, gt_boxes, GT, lw=2.0)
+    counts = [(labels == v).sum().item() for v in (1, 0, -1)]
+    ax.set_title(f"{counts[0]} positive, {counts[1]} negative, {counts[2]} ignored anchors", fontsize=9)
+    ax.set_axis_off()
+    return ax
+
+
+def draw_proposals(ax, image, boxes, scores=None, gt_boxes=None, max_boxes: int = 50, title: str | None = None):
+    """Image with (at most max_boxes of) the proposals boxes: Tensor[P, 4], coloured by score (bright = high)."""
+    ax.imshow(image_to_numpy(image))
+    boxes = torch.as_tensor(boxes)[:max_boxes]
+    colours = np.ones(len(boxes)) if scores is None else torch.as_tensor(scores)[:max_boxes].detach().cpu().numpy()
+    cmap = colormaps["plasma"]
+    for box, c in zip(boxes.tolist(), colours):
+        _boxes(ax, [box], cmap(float(c)), lw=0.9, alpha=0.9)
+    if gt_boxes is not None:
+        _boxes(ax, gt_boxes, GT, lw=2.0, ls=":")
+    ax.set_title(title or f"{len(boxes)} proposals", fontsize=9)
+    ax.set_axis_off()
+    return ax
+
+
+def plot_recall_curve(ax, counts, recalls: dict):
+    """Recall against the number of proposals per image. recalls: {label: [recall for each of counts]}."""
+    for label, values in recalls.items():
+        ax.plot(counts, values, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("proposals per image")
+    ax.set_ylabel("recall of ground-truth boxes")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
