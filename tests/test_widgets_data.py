@@ -1,0 +1,56 @@
+"""The dataset browser's callback (widgets.data.sample_view) draws what the toggles ask for."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from minimaskrcnn.data import CocoDataset, make_shapes  # noqa: E402
+from minimaskrcnn.widgets.data import dataset_browser, sample_view  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    return CocoDataset(out / "images", make_shapes(out, 3, image_size=64, seed=1))
+
+
+def _boxes(fig):
+    return [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+
+
+def test_sample_view_draws_every_instance(dataset):
+    _, target = dataset[1]
+    n = len(target["labels"])
+    fig = sample_view(dataset, 1)
+    ax = fig.axes[0]
+    assert ax.get_title() == f"image id {target['image_id']}: {n} instance(s)"
+    assert len(_boxes(fig)) == n
+    names = {dataset.class_names[label] for label in target["labels"].tolist()}
+    assert {t.get_text() for t in ax.texts} == names
+    plt.close(fig)
+
+
+def test_sample_view_toggles(dataset):
+    fig = sample_view(dataset, 0, show_boxes=False, show_masks=True, show_labels=False)
+    assert _boxes(fig) == [] and len(fig.axes[0].texts) == 0
+    with_masks = fig.axes[0].images[0].get_array().copy()
+    sample_view(dataset, 0, show_boxes=True, show_masks=False, show_labels=True, fig=fig)  # redraw into the same figure
+    assert len(fig.axes) == 1 and len(_boxes(fig)) == len(dataset[0][1]["labels"])
+    without_masks = fig.axes[0].images[0].get_array()
+    assert (with_masks != without_masks).any()  # the translucent masks changed the pixels
+    plt.close(fig)
+
+
+def test_sample_view_rejects_bad_index(dataset):
+    with pytest.raises(ValueError, match="index 3 outside 0..2"):
+        sample_view(dataset, 3)
+
+
+def test_browser_builds(dataset):
+    browser = dataset_browser(dataset)
+    slider = browser.children[0].children[0]
+    assert (slider.min, slider.max) == (0, 2)
+    plt.close("all")
