@@ -1,0 +1,169 @@
+"""Tests for minimaskrcnn.boxes: hand-computed IoU and coding, pycocotools IoU, NMS properties, batched NMS."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from minimaskrcnn.boxes import (
+    BBOX_XFORM_CLIP,
+    batched_nms,
+    box_area,
+    box_iou,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+    nms,
+    remove_small_boxes,
+)
+
+
+def random_boxes(n, generator, size=100.0, max_wh=30.0):
+    xy = torch.rand(n, 2, generator=generator, dtype=torch.float64) * size
+    wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * max_wh + 1
+    return torch.cat((xy, xy + wh), dim=1)
+
+
+def clustered_boxes(n, generator, clusters=20):
+    """Jittered copies of a few boxes, like raw detections around objects."""
+    centres = random_boxes(clusters, generator)
+    pick = torch.randint(0, clusters, (n,), generator=generator)
+    boxes = centres[pick] + torch.randn(n, 4, generator=generator, dtype=torch.float64) * 3
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    return boxes
+
+
+def test_area_and_iou_by_hand():
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[5.0, 5, 15, 15], [0, 0, 10, 10], [10, 0, 20, 10], [2, 2, 4, 4], [20, 20, 30, 40]])
+    assert box_area(b).tolist() == [100, 100, 100, 4, 200]
+    # overlap 5x5 = 25, union 175; identical; touching edge; contained 4/100; disjoint
+    assert torch.allclose(box_iou(a, b), torch.tensor([[25 / 175, 1.0, 0.0, 0.04, 0.0]]))
+    assert box_iou(a, b).shape == (1, 5)
+    assert box_iou(b, a).shape == (5, 1)
+    assert box_iou(torch.zeros(0, 4), b).shape == (0, 5)
+
+
+def test_iou_equals_pycocotools():
+    g = torch.Generator().manual_seed(0)
+    b1, b2 = random_boxes(30, g), random_boxes(40, g)
+    xywh = lambda b: torch.cat((b[:, :2], b[:, 2:] - b[:, :2]), dim=1).numpy()  # noqa: E731
+    expected = mask_utils.iou(xywh(b1), xywh(b2), np.zeros(len(b2), dtype=np.uint8))
+    np.testing.assert_allclose(box_iou(b1, b2).numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_clip_and_remove_small():
+    boxes = torch.tensor([[-5.0, -5, 50, 20], [10, 10, 200, 90], [3, 3, 3.5, 10]])
+    assert clip_boxes(boxes, (40, 100)).tolist() == [[0, 0, 50, 20], [10, 10, 100, 40], [3, 3, 3.5, 10]]
+    assert clip_boxes(boxes[None], (40, 100)).shape == (1, 3, 4)
+    assert remove_small_boxes(boxes, 1.0).tolist() == [0, 1]
+
+
+def test_encode_by_hand():
+    anchor = torch.tensor([[0.0, 0, 10, 20]])  # centre (5, 10), size 10 x 20
+    target = torch.tensor([[2.0, 4, 22, 24]])  # centre (12, 14), size 20 x 20
+    deltas = encode_boxes(target, anchor, (1, 1, 1, 1))
+    assert torch.allclose(deltas, torch.tensor([[0.7, 0.2, math.log(2), 0.0]]))
+    deltas = encode_boxes(target, anchor, (10, 10, 5, 5))
+    assert torch.allclose(deltas, torch.tensor([[7.0, 2.0, 5 * math.log(2), 0.0]]))
+
+
+def test_decode_by_hand_and_round_trip():
+    anchor = torch.tensor([[0.0, 0, 10, 20]])
+    deltas = torch.tensor([[0.7, 0.2, math.log(2), 0.0]])
+    assert torch.allclose(decode_boxes(deltas, anchor, (1, 1, 1, 1)), torch.tensor([[2.0, 4, 22, 24]]))
+    g = torch.Generator().manual_seed(1)
+    anchors, targets = random_boxes(50, g), random_boxes(50, g)
+    for weights in [(1, 1, 1, 1), (10, 10, 5, 5)]:
+        back = decode_boxes(encode_boxes(targets, anchors, weights), anchors, weights)
+        assert torch.allclose(back, targets, atol=1e-9)
+
+
+def test_decode_several_classes_and_clamp():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [10, 10, 30, 20]])
+    deltas = torch.zeros(2, 3 * 4)
+    deltas[:, 4:8] = torch.tensor([1.0, 0, 0, 0])  # class 1 moves one width right
+    deltas[:, 8:12] = torch.tensor([0.0, 0, 100.0, 100.0])  # class 2 asks for exp(100): clamped
+    out = decode_boxes(deltas, anchors, (1, 1, 1, 1))
+    assert out.shape == (2, 12)
+    assert torch.allclose(out[:, :4], anchors)
+    assert torch.allclose(out[:, 4:8], anchors + torch.tensor([[10.0, 0, 10, 0], [20, 0, 20, 0]]))
+    assert torch.isfinite(out).all()
+    widths = out[:, 10] - out[:, 8]
+    assert torch.allclose(widths, torch.tensor([10.0, 20.0]) * math.exp(BBOX_XFORM_CLIP))
+
+
+def check_nms_properties(boxes, scores, keep, thr):
+    assert keep.dtype == torch.int64
+    assert len(set(keep.tolist())) == len(keep)
+    assert (scores[keep][1:] <= scores[keep][:-1]).all(), "kept boxes sorted by decreasing score"
+    kept = boxes[keep]
+    iou = box_iou(kept, kept)
+    iou.fill_diagonal_(0)
+    assert (iou <= thr).all(), "two kept boxes overlap more than the threshold"
+    suppressed = torch.ones(len(boxes), dtype=torch.bool)
+    suppressed[keep] = False
+    rank = torch.empty(len(boxes), dtype=torch.int64)
+    rank[torch.argsort(scores, descending=True, stable=True)] = torch.arange(len(boxes))
+    for i in torch.where(suppressed)[0]:
+        earlier = rank[keep] < rank[i]
+        over = box_iou(boxes[i : i + 1], kept)[0] > thr
+        assert (earlier & over).any(), f"box {int(i)} suppressed without a higher-scoring kept box over {thr}"
+
+
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nms_properties(thr, seed):
+    g = torch.Generator().manual_seed(seed)
+    boxes = clustered_boxes(300, g) if seed % 2 == 0 else random_boxes(300, g)
+    scores = torch.rand(300, generator=g, dtype=torch.float64)
+    keep = nms(boxes, scores, thr)
+    check_nms_properties(boxes, scores, keep, thr)
+
+
+def test_nms_many_boxes_several_blocks():
+    g = torch.Generator().manual_seed(3)
+    boxes = clustered_boxes(3000, g, clusters=300).float()
+    scores = torch.rand(3000, generator=g)
+    keep = nms(boxes, scores, 0.5)
+    check_nms_properties(boxes, scores, keep, 0.5)
+
+
+def test_nms_by_hand_and_edge_cases():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    # box 3 (0.95) suppresses box 0 (IoU 0.9) and box 1? IoU(3,1)= 72/(90+100-72)=0.61 -> suppressed at 0.5
+    assert nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert nms(boxes, scores, 0.95).tolist() == [3, 0, 1, 2]
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
+    # equal scores: the earlier index wins, as a stable sort gives
+    same = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]])
+    assert nms(same, torch.tensor([0.5, 0.5]), 0.5).tolist() == [0]
+
+
+def test_batched_nms_equals_per_class_nms():
+    g = torch.Generator().manual_seed(4)
+    boxes = clustered_boxes(500, g, clusters=15).float()
+    scores = torch.rand(500, generator=g)
+    idxs = torch.randint(0, 5, (500,), generator=g)
+    keep = batched_nms(boxes, scores, idxs, 0.5)
+    expected = torch.cat([torch.where(idxs == c)[0][nms(boxes[idxs == c], scores[idxs == c], 0.5)] for c in range(5)])
+    expected = expected[torch.argsort(scores[expected], descending=True)]
+    assert keep.tolist() == expected.tolist()
+    # the same box in two classes is kept twice
+    twice = batched_nms(torch.tensor([[0.0, 0, 5, 5]] * 2), torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5)
+    assert twice.tolist() == [0, 1]
+
+
+@pytest.mark.reference
+def test_matches_torchvision():
+    tv = pytest.importorskip("torchvision")
+    g = torch.Generator().manual_seed(5)
+    boxes = clustered_boxes(2000, g, clusters=100).float()
+    scores = torch.rand(2000, generator=g)
+    idxs = torch.randint(0, 4, (2000,), generator=g)
+    torch.testing.assert_close(box_iou(boxes[:300], boxes), tv.ops.box_iou(boxes[:300], boxes))
+    for thr in (0.3, 0.5, 0.7):
+        assert nms(boxes, scores, thr).tolist() == tv.ops.nms(boxes, scores, thr).tolist()
+        assert batched_nms(boxes, scores, idxs, thr).tolist() == tv.ops.batched_nms(boxes, scores, idxs, thr).tolist()
