@@ -30,7 +30,7 @@ def load_batch(image_size, batch_size):
     ann = make_shapes(folder, num_images=batch_size, image_size=image_size, seed=0)
     ds = CocoDataset(f"{folder}/images", ann)
     images, targets = zip(*[ds[i] for i in range(batch_size)])
-    return list(images), [{k: v for k, v in t.items() if k != "image_id"} for t in targets], len(ds.class_names) - 1
+    return list(images), [{k: v for k, v in t.items() if k != "image_id"} for t in targets], len(ds.class_names)
 
 
 def build(impl, preset, num_classes, image_size):
@@ -69,13 +69,13 @@ def build(impl, preset, num_classes, image_size):
         rpn_nms_thresh=cfg.rpn_nms_thresh, rpn_fg_iou_thresh=cfg.rpn_fg_iou_thresh,
         rpn_bg_iou_thresh=cfg.rpn_bg_iou_thresh, rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_roi_pool=MultiScaleRoIAlign(names, cfg.box_roi_size, cfg.sampling_ratio),
-        box_head=TwoMLPHead(ch * cfg.box_roi_size**2, rep), box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_head=TwoMLPHead(ch * cfg.box_roi_size**2, rep), box_predictor=FastRCNNPredictor(rep, num_classes),
         box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img, box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_positive_fraction=cfg.box_positive_fraction,
         mask_roi_pool=MultiScaleRoIAlign(names, cfg.mask_roi_size, cfg.sampling_ratio),
         mask_head=MaskRCNNHeads(ch, list(mask_layers), 1),
-        mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_dim, num_classes + 1))
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_dim, num_classes))
 
 
 def measure(args):

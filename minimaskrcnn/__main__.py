@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
         raise SystemExit(f"train: {data} holds a single split; give a folder with train/ and val/")
     train_set = open_split(splits["train"], transforms=RandomHorizontalFlip(0.5))
     val_set = open_split(splits["val"]) if (splits["val"] / "annotations.json").is_file() else None
-    num_classes = len(train_set.class_names) - 1
+    num_classes = len(train_set.class_names)  # background included, as torchvision
     overrides = {**defaults["overrides"], **dict(args.override)}
     model = build_model(args.preset, num_classes, **overrides)
     cfg = engine.TrainConfig(
