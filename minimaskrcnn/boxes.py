@@ -88,25 +88,59 @@ def decode_boxes(
     return boxes.flatten(1)  # (N, C, 4) -> (N, C*4)
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def _iou_columns(cols1: Tensor, cols2: Tensor) -> Tensor:
+    """IoU of boxes given as columns Tensor[5, N] and Tensor[5, M] (x1, y1, x2, y2, area) -> Tensor[N, M]."""
+    width = torch.min(cols1[2, :, None], cols2[2, None]) - torch.max(cols1[0, :, None], cols2[0, None])
+    height = torch.min(cols1[3, :, None], cols2[3, None]) - torch.max(cols1[1, :, None], cols2[1, None])
+    inter = width.clamp_(min=0).mul_(height.clamp_(min=0))  # (N, M)
+    return inter / (cols1[4, :, None] + cols2[4, None] - inter)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int = 256) -> Tensor:
     """Greedy non-maximum suppression, as torchvision.ops.nms.
 
-    boxes: Tensor[N, 4], scores: Tensor[N] -> indices Tensor[K] int64 of the kept boxes, by decreasing score.
-    A box is dropped when its IoU with a higher-scoring kept box is > iou_threshold.
-    Built in notebooks/03_box_coding_nms.ipynb.
+    boxes: Tensor[N, 4], scores: Tensor[N] -> indices Tensor[K] int64 of the kept boxes, by decreasing score
+    (equal scores: lower index first). A box is dropped when its IoU with a higher-scoring kept box is
+    > iou_threshold. Built in notebooks/03_box_coding_nms.ipynb.
+
+    The greedy loop "take the best box, drop what it overlaps, repeat" is done in blocks of `block_size` boxes in
+    score order, so memory stays O(block_size * K) instead of O(N^2) and no Python loop runs per box:
+      1. drop the block's boxes that overlap an already kept box (one IoU matrix, block x kept);
+      2. settle the block among itself. Box i survives iff no surviving box j < i of the block overlaps it.
+         Starting from "all survive" and re-applying that rule makes entries 0..t exact after t rounds (entry i
+         only depends on earlier ones), so the rounds stop at the one fixed point, the greedy answer.
     """
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
+        raise ValueError(f"nms: boxes must be Tensor[N, 4] and scores Tensor[N], got {tuple(boxes.shape)} "
+                         f"and {tuple(scores.shape)}")
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     sorted_boxes = boxes[order]
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    overlaps = box_iou(sorted_boxes, sorted_boxes) > iou_threshold  # (N, N): row i would suppress column j
-    overlaps = overlaps.triu(diagonal=1).cpu().numpy()
-    keep_np = keep.cpu().numpy()
-    for i in range(len(keep_np)):
-        if keep_np[i]:
-            keep_np[i + 1 :] &= ~overlaps[i, i + 1 :]
-    return order[torch.from_numpy(keep_np).to(boxes.device)]
+    cols = torch.cat((sorted_boxes.T, box_area(sorted_boxes)[None])).contiguous()  # (N, 4) -> (5, N) with areas
+    kept = []  # indices into sorted_boxes, by block
+    kept_cols = cols[:, :0]
+    for start in range(0, len(order), block_size):
+        block = cols[:, start : start + block_size]
+        idx = torch.arange(start, start + block.shape[1], device=boxes.device)
+        if kept_cols.shape[1]:  # 1. suppressed by boxes kept in earlier blocks
+            alive = ~(_iou_columns(block, kept_cols) > iou_threshold).any(dim=1)
+            block, idx = block[:, alive], idx[alive]
+        if block.shape[1] == 0:
+            continue
+        # 2. within the block: overlaps[j, i] = box j comes before box i and overlaps it
+        overlaps = (_iou_columns(block, block) > iou_threshold).triu_(diagonal=1)
+        overlaps = overlaps.float()  # 0/1 counts, summed exactly by a matrix product
+        survive = torch.ones(block.shape[1], device=boxes.device)
+        while True:
+            new = (survive @ overlaps == 0).float()  # (B,) @ (B, B): number of surviving earlier overlaps
+            if torch.equal(new, survive):
+                break
+            survive = new
+        keep_block = survive.bool()
+        kept.append(idx[keep_block])
+        kept_cols = torch.cat((kept_cols, block[:, keep_block]), dim=1)
+    return order[torch.cat(kept)]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

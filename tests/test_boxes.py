@@ -128,6 +128,9 @@ def test_nms_many_boxes_several_blocks():
     scores = torch.rand(3000, generator=g)
     keep = nms(boxes, scores, 0.5)
     check_nms_properties(boxes, scores, keep, 0.5)
+    # the block size is only an implementation detail
+    assert nms(boxes, scores, 0.5, block_size=7).tolist() == keep.tolist()
+    assert nms(boxes, scores, 0.5, block_size=5000).tolist() == keep.tolist()
 
 
 def test_nms_by_hand_and_edge_cases():

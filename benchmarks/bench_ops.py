@@ -1,0 +1,79 @@
+"""Speed of the geometry operators: box_iou (1000 x 1000) and nms (1000, 5000, 20000 boxes), ours vs torchvision.
+
+usage: python benchmarks/bench_ops.py            (ours only)
+       .venv-reference/bin/python benchmarks/bench_ops.py   (also torchvision.ops, with the ratio ours / torchvision)
+
+Boxes are "realistic": jittered copies of a few hundred object boxes in a 1000-px image, scores random, the way
+raw detections pile up around objects, so NMS keeps a small fraction of them. Times are the median of repeats,
+single-threaded (torch.set_num_threads(1)) so both sides run under the same conditions.
+
+Measured (2-core CPU shared with ~7 other engineers' jobs, load average ~7, so absolute times are noisy; ratios
+are from the same run, torch 2.13 CUDA build + torchvision 0.29.2 on CPU):
+    box_iou 1000 x 1000          ours     64.66 ms   torchvision     59.03 ms   ratio  1.10x
+    nms 1000 boxes (keeps 76)    ours      1.14 ms   torchvision      0.29 ms   ratio  3.95x
+    nms 5000 boxes (keeps 311)   ours     15.71 ms   torchvision     15.15 ms   ratio  1.04x
+    nms 20000 boxes (keeps 822)  ours    120.98 ms   torchvision    146.30 ms   ratio  0.83x
+The 5000-box target (within 3x of torchvision's compiled nms) holds; for 1000 boxes the fixed cost of a few
+tensor ops per 256-box block dominates. Before the blocked version (full N x N IoU + a Python loop per box),
+nms on 20000 boxes needed a 20000 x 20000 matrix (1.6 GB of float32).
+"""
+import statistics
+import time
+
+import torch
+
+from minimaskrcnn.boxes import box_iou, nms
+
+try:
+    import torchvision
+except ImportError:  # ours only
+    torchvision = None
+
+
+def clustered_boxes(n: int, objects: int, generator: torch.Generator, image_size: float = 1000.0):
+    """n boxes: Tensor[n, 4], jittered (std 8 % of the size) around `objects` random boxes of 16..256 px."""
+    size = torch.exp(torch.empty(objects, 2).uniform_(2.77, 5.55, generator=generator))  # 16..256 px
+    centre = torch.rand(objects, 2, generator=generator) * image_size
+    pick = torch.randint(0, objects, (n,), generator=generator)
+    wh = size[pick] * torch.exp(torch.randn(n, 2, generator=generator) * 0.08)
+    xy = centre[pick] + torch.randn(n, 2, generator=generator) * 0.08 * size[pick]
+    return torch.cat((xy - wh / 2, xy + wh / 2), dim=1)
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def row(name: str, ours: float, ref: float | None) -> str:
+    text = f"{name:<28} ours {ours * 1e3:9.2f} ms"
+    if ref is not None:
+        text += f"   torchvision {ref * 1e3:9.2f} ms   ratio {ours / ref:5.2f}x"
+    return text
+
+
+def main():
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    a, b = clustered_boxes(1000, 100, g), clustered_boxes(1000, 100, g)
+    ref = timeit(lambda: torchvision.ops.box_iou(a, b), 20) if torchvision else None
+    print(row("box_iou 1000 x 1000", timeit(lambda: box_iou(a, b), 20), ref))
+    for n, objects, repeats in [(1000, 50, 20), (5000, 200, 10), (20000, 500, 3)]:
+        boxes, scores = clustered_boxes(n, objects, g), torch.rand(n, generator=g)
+        keep = nms(boxes, scores, 0.5)
+        ref = None
+        if torchvision:
+            expected = torchvision.ops.nms(boxes, scores, 0.5)
+            assert keep.tolist() == expected.tolist(), "nms differs from torchvision"
+            ref = timeit(lambda: torchvision.ops.nms(boxes, scores, 0.5), repeats)
+        ours = timeit(lambda: nms(boxes, scores, 0.5), repeats)
+        print(row(f"nms {n} boxes (keeps {len(keep)})", ours, ref))
+
+
+if __name__ == "__main__":
+    main()
