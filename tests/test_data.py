@@ -236,3 +236,47 @@ def test_degenerate_annotations_skipped_with_one_warning(tmp_path):
     assert dataset.num_skipped == 3
     _, target = dataset[0]
     assert len(target["labels"]) == 0 and target["masks"].shape == (0, 20, 30)
+
+
+def _load_download_script():
+    """data/download.py is a script, not part of the package: load it from its path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "download.py"
+    spec = importlib.util.spec_from_file_location("download", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_penn_fudan_conversion_on_a_fake_folder(tmp_path):
+    """Penn-Fudan's instance-id mask PNGs become a COCO file that CocoDataset and pycocotools read identically."""
+    src = tmp_path / "PennFudanPed"
+    (src / "PNGImages").mkdir(parents=True)
+    (src / "PedMasks").mkdir()
+    expected = {}
+    for n in range(3):
+        ids = np.zeros((24, 32), np.uint8)
+        ids[2:20, 3:9] = 1
+        if n > 0:
+            ids[5:23, 12 + n:20 + n] = 2
+        Image.fromarray(np.full((24, 32, 3), 50 * n, np.uint8)).save(src / "PNGImages" / f"FudanPed0000{n}.png")
+        Image.fromarray(ids).save(src / "PedMasks" / f"FudanPed0000{n}_mask.png")
+        expected[f"FudanPed0000{n}.png"] = ids
+    counts = _load_download_script().convert_penn_fudan(src, tmp_path / "out", num_val=1)
+    assert counts == {"train": 2, "val": 1}
+    seen = set()
+    for split in ("train", "val"):
+        dataset = CocoDataset(tmp_path / "out" / split / "images", tmp_path / "out" / split / "annotations.json")
+        assert dataset.class_names == ["background", "person"]
+        for i in range(len(dataset)):
+            _, target = dataset[i]
+            name = dataset.coco.imgs[target["image_id"]]["file_name"]
+            ids = expected[name]
+            seen.add(name)
+            assert len(target["masks"]) == ids.max()
+            for k, mask in enumerate(target["masks"], start=1):
+                assert np.array_equal(mask.numpy(), (ids == k).astype(np.uint8))
+            assert target["boxes"][0].tolist() == [3, 2, 9, 20]
+    assert seen == set(expected)
