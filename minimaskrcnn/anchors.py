@@ -10,6 +10,8 @@ Order (as torchvision): location-major, row by row, then the A anchors of each l
 import torch
 from torch import Tensor, nn
 
+from minimaskrcnn.boxes import box_iou
+
 
 def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
     """The A anchors centred on (0, 0): Tensor[A, 4], ratio-major then size; A = len(aspect_ratios) * len(sizes).
@@ -70,3 +72,18 @@ class AnchorGenerator(nn.Module):
             stride = (batch_shape[0] // h, batch_shape[1] // w)
             anchors.append(grid_anchors(cell.to(device), (h, w), stride))
         return anchors
+
+
+def best_anchor_iou(boxes: Tensor, anchors: Tensor, chunk: int = 4096) -> Tensor:
+    """Anchor coverage: for each box of boxes: Tensor[G, 4] the best IoU any of anchors: Tensor[P, 4] reaches -> Tensor[G].
+
+    A ground-truth box whose best IoU stays below the RPN's positive threshold (0.7) only gets a positive anchor
+    through the Matcher's low-quality matches. Anchors are taken `chunk` at a time, so memory stays O(G * chunk).
+    Built in notebooks/01_anchors.ipynb.
+    """
+    best = torch.zeros(len(boxes), dtype=boxes.dtype, device=boxes.device)
+    if len(boxes) == 0:
+        return best
+    for start in range(0, len(anchors), chunk):
+        best = torch.maximum(best, box_iou(boxes, anchors[start : start + chunk].to(boxes)).max(dim=1).values)
+    return best

@@ -1,0 +1,86 @@
+"""The geometry explorers' callbacks (anchor_view, matching_view, nms_view) and the viz functions behind them."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from minimaskrcnn.anchors import best_anchor_iou, grid_anchors, cell_anchors  # noqa: E402
+from minimaskrcnn.boxes import box_iou, nms  # noqa: E402
+from minimaskrcnn.viz.geometry import draw_box_coding, draw_iou, plot_anchor_coverage  # noqa: E402
+from minimaskrcnn.widgets.geometry import (  # noqa: E402
+    anchor_explorer,
+    anchor_view,
+    cluster_detections,
+    matching_explorer,
+    matching_view,
+    nms_explorer,
+    nms_view,
+)
+
+IMAGE = torch.rand(3, 64, 96)
+GT = torch.tensor([[10.0, 10, 40, 30], [50, 20, 90, 60]])
+
+
+def test_anchor_view_counts_and_draws():
+    fig, anchors = anchor_view(IMAGE, 16, (0.5, 1.0, 2.0), 8)
+    assert anchors.shape == (8 * 12 * 3, 4)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3 + 1  # the highlighted location's 3 anchors + the image frame
+    assert "8x12 locations" in ax.get_title()
+    plt.close(fig)
+    fig, anchors = anchor_view(IMAGE, 32, (1.0,), 32, fig=plt.figure())
+    assert anchors.shape == (2 * 3, 4) and len(fig.axes) == 1
+    plt.close(fig)
+    with pytest.raises(ValueError, match="stride"):
+        anchor_view(IMAGE, 16, (1.0,), 0)
+
+
+def test_matching_view_labels_follow_the_thresholds():
+    anchors = grid_anchors(cell_anchors((16, 32), (0.5, 1.0, 2.0)), (8, 12), (8, 8))
+    _, strict = matching_view(IMAGE, GT, anchors, 0.7, 0.3, False)
+    fig, loose = matching_view(IMAGE, GT, anchors, 0.5, 0.3, False)
+    assert (loose >= 0).sum() > (strict >= 0).sum()
+    best = box_iou(GT, anchors).max(dim=0).values
+    assert torch.equal(loose >= 0, best >= 0.5)
+    assert "positive" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    _, low_quality = matching_view(IMAGE, GT, anchors, 0.99, 0.3, True)
+    assert set(low_quality[low_quality >= 0].tolist()) == {0, 1}  # every gt box gets its best anchor
+    plt.close("all")
+    with pytest.raises(ValueError, match="low"):
+        matching_view(IMAGE, GT, anchors, 0.3, 0.7, False)
+
+
+def test_nms_view_and_fake_detections():
+    boxes, scores = cluster_detections(GT, 10, seed=0)
+    assert boxes.shape == (20, 4) and scores.shape == (20,)
+    fig, keep = nms_view(boxes, scores, 0.5, image=IMAGE)
+    assert keep.tolist() == nms(boxes, scores, 0.5).tolist()
+    assert len(fig.axes) == 2 and "after NMS" in fig.axes[1].get_title()
+    assert len(fig.axes[1].patches) == len(keep) and len(fig.axes[0].patches) == 20
+    _, keep_all = nms_view(boxes, scores, 1.0, image_size=(64, 96))
+    assert len(keep_all) == 20
+    plt.close("all")
+
+
+def test_explorers_build_and_viz_helpers():
+    for widget in (anchor_explorer(IMAGE), matching_explorer(IMAGE, GT, grid_anchors(cell_anchors((16,), (1.0,)),
+                                                                                       (8, 12), (8, 8))),
+                   nms_explorer(*cluster_detections(GT, 5))):
+        assert widget.children
+    fig, axes = plt.subplots(1, 3)
+    draw_iou(axes[0], [0, 0, 10, 10], [5, 5, 15, 15])
+    assert axes[0].get_title() == "IoU = 0.143"
+    best = best_anchor_iou(GT, grid_anchors(cell_anchors((16, 32), (1.0,)), (8, 12), (8, 8)), chunk=7)
+    assert best.shape == (2,) and ((best > 0) & (best <= 1)).all()
+    plot_anchor_coverage(axes[1], (GT[:, 2:] - GT[:, :2]).prod(1).sqrt(), best, "test")
+    draw_box_coding(axes[2], GT[0], GT[1], GT[1])
+    plt.close("all")
+
+
+def test_best_anchor_iou_by_hand():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 20, 20], [100, 100, 110, 110]])
+    best = best_anchor_iou(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20], [50, 50, 60, 60]]), anchors, chunk=2)
+    assert best.tolist() == [1.0, 0.5, 0.0]
+    assert best_anchor_iou(torch.zeros(0, 4), anchors).shape == (0,)
