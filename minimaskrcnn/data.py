@@ -157,7 +157,7 @@ def make_shapes(out_dir, num_images: int, image_size: int = 128, seed: int = 0, 
     for i in range(num_images):
         pixels, instances = _draw_image(rng, image_size)
         image_id, file_name = i + 1, f"{i:06d}.png"
-        Image.fromarray(pixels).save(out_dir / "images" / file_name)
+        Image.fromarray(pixels).save(out_dir / "images" / file_name, compress_level=1)  # fast; noise compresses badly anyway
         images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
         for kind, mask in instances:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": kind + 1,
@@ -197,25 +197,35 @@ def _load_coco_json(path: Path) -> dict:
             if missing:
                 where = f"id {entry.get('id')}" if isinstance(entry, dict) and "id" in entry else f"entry {entry!r:.60}"
                 raise ValueError(f"{path}: {field[:-1]} {where}: missing field '{missing[0]}'")
-    image_ids = {img["id"] for img in data["images"]}
+    images = {img["id"]: img for img in data["images"]}
     category_ids = {cat["id"] for cat in data["categories"]}
     for ann in data["annotations"]:
-        if ann["image_id"] not in image_ids:
+        if ann["image_id"] not in images:
             raise ValueError(f"{path}: annotation id {ann['id']}: field 'image_id' = {ann['image_id']!r} "
                              "is not the id of any image")
         if ann["category_id"] not in category_ids:
             raise ValueError(f"{path}: annotation id {ann['id']}: field 'category_id' = {ann['category_id']!r} "
                              "is not the id of any category")
+        bbox = ann.get("bbox")
+        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4
+                                     and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{path}: annotation id {ann['id']}: field 'bbox' must be [x, y, width, height], "
+                             f"got {bbox!r:.60}")
         seg = ann["segmentation"]
         if isinstance(seg, list):
             for k, poly in enumerate(seg):
                 if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                    n = len(poly) / 2 if isinstance(poly, list) else poly
+                    got = f"{len(poly)} coordinates" if isinstance(poly, list) else repr(poly)
                     raise ValueError(f"{path}: annotation id {ann['id']}: field 'segmentation' polygon {k} has "
-                                     f"{n} points; a polygon needs at least 3 (x, y) pairs")
+                                     f"{got}; a polygon needs at least 3 (x, y) pairs")
         elif not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
             raise ValueError(f"{path}: annotation id {ann['id']}: field 'segmentation' must be a list of polygons "
                              f"or an RLE dict with 'size' and 'counts', got {seg!r:.60}")
+        else:
+            image = images[ann["image_id"]]
+            if list(seg["size"]) != [image["height"], image["width"]]:
+                raise ValueError(f"{path}: annotation id {ann['id']}: field 'segmentation' has size {seg['size']!r} "
+                                 f"but image id {image['id']} is {image['height']} x {image['width']}")
     return data
 
 

@@ -204,7 +204,23 @@ def test_polygon_with_two_points(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: field 'segmentation' polygon 0 has 2"):
+    with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: field 'segmentation' polygon 0 has 4 coord"):
+        CocoDataset(images_dir, path)
+
+
+def test_bbox_of_wrong_length(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["annotations"][1]["bbox"] = [1, 2, 3]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"instances\.json: annotation id 2: field 'bbox' must be"):
+        CocoDataset(images_dir, path)
+
+
+def test_rle_of_another_size_than_its_image(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["annotations"][2]["segmentation"]["size"] = [30, 20]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"annotation id 3: field 'segmentation' has size \[30, 20\] but image id 11"):
         CocoDataset(images_dir, path)
 
 
