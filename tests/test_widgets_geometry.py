@@ -67,7 +67,7 @@ def test_nms_view_and_fake_detections():
 def test_explorers_build_and_viz_helpers():
     for widget in (anchor_explorer(IMAGE), matching_explorer(IMAGE, GT, grid_anchors(cell_anchors((16,), (1.0,)),
                                                                                        (8, 12), (8, 8))),
-                   nms_explorer(*cluster_detections(GT, 5))):
+                   nms_explorer(*cluster_detections(GT, 5), image_size=(64, 96))):
         assert widget.children
     fig, axes = plt.subplots(1, 3)
     draw_iou(axes[0], [0, 0, 10, 10], [5, 5, 15, 15])

@@ -24,6 +24,8 @@ def _background(ax, image=None, image_size=None):
     """Show `image` (Tensor[3, H, W] / array) or an empty white canvas of image_size (H, W)."""
     if image is not None:
         ax.imshow(image_to_numpy(image), interpolation="nearest")
+    elif image_size is None:
+        raise ValueError("give an image or an image_size (H, W) to draw on")
     else:
         height, width = image_size
         ax.imshow(np.ones((height, width, 3)), interpolation="nearest")
