@@ -1,14 +1,10 @@
 """The dataset browser's callback (widgets.data.sample_view) draws what the toggles ask for."""
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from minimaskrcnn.data import CocoDataset, make_shapes  # noqa: E402
-from minimaskrcnn.widgets.data import dataset_browser, sample_view  # noqa: E402
+from minimaskrcnn.data import CocoDataset, make_shapes
+from minimaskrcnn.widgets.data import dataset_browser, sample_view
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +50,21 @@ def test_browser_builds(dataset):
     slider = browser.children[0].children[0]
     assert (slider.min, slider.max) == (0, 2)
     plt.close("all")
+
+
+def test_draw_instances_accepts_predictions_without_boxes():
+    """draw_instances (shared by every notebook) takes (N, 1, H, W) probabilities, scores and a threshold."""
+    import torch
+
+    from minimaskrcnn.viz.data import draw_instances
+
+    masks = torch.zeros(2, 1, 10, 12)
+    masks[0, 0, 2:5, 3:7] = 0.9
+    masks[1, 0, 6:9, 1:4] = 0.8
+    fig, ax = plt.subplots()
+    draw_instances(ax, torch.zeros(3, 10, 12), labels=torch.tensor([1, 2]), scores=torch.tensor([0.9, 0.3]),
+                   masks=masks, class_names=["background", "a", "b"], score_threshold=0.5)
+    assert [t.get_text() for t in ax.texts] == ["a 0.90"] and ax.texts[0].get_position() == (3, 2)
+    drawn = ax.images[0].get_array()
+    assert drawn[3, 4].sum() > 0 and drawn[7, 2].sum() == 0  # only the instance above the threshold is filled
+    plt.close(fig)

@@ -18,12 +18,13 @@ def _numpy(x):
 
 
 def image_to_numpy(image) -> np.ndarray:
-    """Tensor[3, H, W] (float 0..1 or uint8) or array[H, W, 3] -> float array[H, W, 3] in 0..1 for imshow."""
-    array = _numpy(image)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = array.transpose(1, 2, 0)  # (3, H, W) -> (H, W, 3)
-    elif array.ndim == 3 and array.shape[0] in (1, 3) and isinstance(image, torch.Tensor):
-        array = array.transpose(1, 2, 0)  # torch images are channel-first even when W is 1 or 3
+    """Tensor[3, H, W] (torch, channel first) or array[H, W, 3] (NumPy, channel last), float 0..1 or uint8
+    -> float array[H, W, 3] in 0..1 for imshow. One channel is repeated three times."""
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu().numpy()
+        array = array.transpose(1, 2, 0) if array.ndim == 3 else array  # (3, H, W) -> (H, W, 3)
+    else:
+        array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
     if array.shape[-1] == 1:
@@ -89,8 +90,8 @@ def _mask_corner(masks, j: int):
     """(x, y) of the top-left pixel of mask j, where a label goes when there is no box."""
     if masks is None:
         return 0, 0
-    m = _numpy(masks[j]).reshape(_numpy(masks[j]).shape[-2:]) > 0.5
-    rows, cols = np.nonzero(m)
+    mask = _numpy(masks[j])
+    rows, cols = np.nonzero(mask.reshape(mask.shape[-2:]) > 0.5)  # (1, H, W) or (H, W) -> (H, W)
     return (int(cols.min()), int(rows.min())) if len(rows) else (0, 0)
 
 
