@@ -31,6 +31,7 @@ from pycocotools.coco import COCO
 
 SHAPE_CLASSES = ("square", "circle", "triangle", "star")  # COCO category ids 1..4, in this order
 MIN_VISIBLE_AREA = 20  # pixels: an instance hidden by others below this visible area is not drawn at all
+MIN_VISIBLE_FRACTION = 0.3  # ... nor one with less than this fraction of its own area left visible
 MAX_INSTANCES = 6
 
 
@@ -109,13 +110,14 @@ def _draw_image(rng: np.random.Generator, size: int):
         shading = (dx * rng.uniform(-1, 1) + dy * rng.uniform(-1, 1)) / max(radius, 1.0) * rng.uniform(0, 20)
         shapes.append((kind, mask, colour, shading))
 
-    # occlusion: later shapes lie on top. Drop the ones left with too little visible area, then paint the rest;
+    # occlusion: later shapes lie on top. Drop the ones left too hidden, then paint the rest;
     # removing a shape only uncovers others, so one pass is enough.
     owner = np.full((size, size), -1, dtype=np.int64)
     for j, (_, mask, _, _) in enumerate(shapes):
         owner[mask] = j
-    areas = np.bincount(owner[owner >= 0], minlength=len(shapes))
-    shapes = [s for j, s in enumerate(shapes) if areas[j] >= MIN_VISIBLE_AREA]
+    visible = np.bincount(owner[owner >= 0], minlength=len(shapes))
+    shapes = [s for j, s in enumerate(shapes)
+              if visible[j] >= max(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * s[1].sum())]
     owner[:] = -1
     for j, (_, mask, colour, shading) in enumerate(shapes):
         owner[mask] = j
@@ -143,7 +145,8 @@ def make_shapes(out_dir, num_images: int, image_size: int = 128, seed: int = 0, 
 
     Each image has 1-6 shapes (SHAPE_CLASSES, COCO category ids 1..K) of random size, rotation and colour on a
     textured background. Masks are occlusion-correct (only the visible part of a shape), and a shape left with
-    fewer than MIN_VISIBLE_AREA visible pixels is not drawn at all. The same seed gives byte-identical files.
+    fewer than MIN_VISIBLE_AREA visible pixels, or less than MIN_VISIBLE_FRACTION of its area, is not drawn at
+    all. The same seed gives byte-identical files.
     progress: print a line every 10 % (default: when num_images >= 500).
     Returns the path of the annotation file. Built in notebooks/00_data.ipynb.
     """
@@ -157,7 +160,8 @@ def make_shapes(out_dir, num_images: int, image_size: int = 128, seed: int = 0, 
     for i in range(num_images):
         pixels, instances = _draw_image(rng, image_size)
         image_id, file_name = i + 1, f"{i:06d}.png"
-        Image.fromarray(pixels).save(out_dir / "images" / file_name, compress_level=1)  # fast; noise compresses badly anyway
+        # compress_level=1: fast, and noisy pixels barely compress at higher levels anyway
+        Image.fromarray(pixels).save(out_dir / "images" / file_name, compress_level=1)
         images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
         for kind, mask in instances:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": kind + 1,
