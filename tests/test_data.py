@@ -204,7 +204,8 @@ def test_polygon_with_two_points(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"annotation id 1: field 'segmentation' polygon 0 has 4 coordinates"):
+    with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: field 'segmentation' polygon 0 has "
+                                         r"4 coordinates"):
         CocoDataset(images_dir, path)
 
 
