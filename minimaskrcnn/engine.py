@@ -195,6 +195,12 @@ def init_distributed() -> tuple[int, int, int]:
     return get_rank(), get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def cleanup_distributed() -> None:
+    """Leave the process group (if any) at the end of a torchrun job."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def get_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -355,7 +361,9 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
         step = ckpt["step"]
         if rank == 0 and metrics_path.is_file():
             _truncate_metrics(metrics_path, step)
-    history = read_metrics(metrics_path) if metrics_path else []
+    if step == 0 and metrics_path is not None and rank == 0:
+        metrics_path.unlink(missing_ok=True)  # a fresh run does not append to an old run's records
+    history = read_metrics(metrics_path) if metrics_path is not None and rank == 0 else []
 
     net = model
     if world > 1:
