@@ -12,9 +12,11 @@ def test_mask_targets_crop_the_matched_mask():
     rois = torch.tensor([[10.0, 10.0, 20.0, 20.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 8.0, 30.0]])
     targets = mask_targets(masks, rois, torch.tensor([0, 1, 1]), 6)
     assert targets.shape == (3, 6, 6) and targets.dtype == torch.float32
-    assert torch.all(targets[0] == 1)  # RoI strictly inside the square
-    assert torch.all(targets[1][:, :2] == 1) and torch.all(targets[1][:, -2:] == 0)  # half of it on instance 1
-    assert torch.all(targets[2] == 1)  # RoI inside the left half
+    ones = torch.ones(6, 6)
+    torch.testing.assert_close(targets[0], ones)  # RoI strictly inside the square
+    torch.testing.assert_close(targets[1][:, :2], ones[:, :2])  # half of it on instance 1 ...
+    torch.testing.assert_close(targets[1][:, -2:], 0 * ones[:, :2])  # ... and half off it
+    torch.testing.assert_close(targets[2], ones)  # RoI inside the left half
 
 
 def test_expand_boxes_about_the_centre():

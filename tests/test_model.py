@@ -187,7 +187,16 @@ def best_mask_ious(detections, targets):
     return ious
 
 
-def test_overfits_four_images():
+@pytest.fixture
+def one_thread():
+    """Run single-threaded: on a shared, loaded CPU, two threads that wait on each other are several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_overfits_four_images(one_thread):
     data = overfit_data()
     images, targets = [d[0] for d in data], [d[1] for d in data]
     model = small_model().train()
