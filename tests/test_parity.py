@@ -14,11 +14,13 @@ import torch
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste_masks_in_image  # noqa: E402
+from torchvision.models.detection.rpn import concat_box_prediction_layers  # noqa: E402
 from torchvision.ops.misc import FrozenBatchNorm2d as TvFrozenBatchNorm2d  # noqa: E402
 
 from minimaskrcnn.masks import paste_masks_in_image  # noqa: E402
 from minimaskrcnn.model import build_model  # noqa: E402
 from minimaskrcnn.roi_heads import mask_probabilities, postprocess_detections  # noqa: E402
+from minimaskrcnn.rpn import filter_proposals  # noqa: E402
 from minimaskrcnn.weights import from_torchvision, set_frozen_bn_eps  # noqa: E402
 
 pytestmark = pytest.mark.reference
@@ -62,6 +64,8 @@ def reference_model(images: list[torch.Tensor], **kwargs) -> torch.nn.Module:
     The norms' statistics come from a training-mode pass of the backbone over the images (so activations stay
     O(1) through the 50 layers), then every norm is frozen as in torchvision's COCO model. The objectness and
     class-score weights are scaled up so that scores differ clearly and some detections pass the 0.05 threshold.
+    Not further: a sigmoid saturated at 1.0 makes many equal scores, and the order of equal scores is left to the
+    sort inside NMS (torchvision's is not stable, ours is), which then decides which of two tied boxes survives.
     """
     torch.manual_seed(0)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs)
@@ -76,7 +80,7 @@ def reference_model(images: list[torch.Tensor], **kwargs) -> torch.nn.Module:
     for image in images:
         body(model.transform([image])[0].tensors)
     _freeze_batch_norms(model)
-    model.rpn.head.cls_logits.weight.mul_(100)
+    model.rpn.head.cls_logits.weight.mul_(10)  # logits up to ~16: spread out, sigmoid not saturated at 1.0
     model.roi_heads.box_predictor.cls_score.weight.mul_(3)
     model.roi_heads.box_predictor.bbox_pred.weight.mul_(3)
     return model.eval()
@@ -181,17 +185,34 @@ def test_rpn_head(run):
         assert_close(f"RPN deltas {level}", ours_l, theirs_l, atol=1e-4, rtol=1e-4)
 
 
+def by_score(boxes: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort by decreasing score, equal scores by their box: an order that does not depend on how ties were sorted."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i].item(), *boxes[i].tolist()))
+    return boxes[order], scores[order]
+
+
 @torch.no_grad()
 def test_rpn_proposals(run):
-    """Decode, per-level top-n, clip, min size, per-level NMS, post-NMS top-n: same proposals, same order."""
-    ours = run["ours"]
-    proposals, losses = ours.rpn(
-        list(run["features"].values()), run["image_sizes"], tuple(run["batch"].shape[-2:]), None
-    )
-    assert losses == {}
-    for i, (p, q) in enumerate(zip(proposals, run["proposals"])):
-        assert len(p) == len(q), f"image {i}: {len(p)} proposals vs torchvision's {len(q)}"
-        assert_close(f"RPN proposals image {i}", p, q, atol=1e-3)
+    """Decode, per-level top-n, clip, min size, per-level NMS, post-NMS top-n: the same proposals and scores.
+
+    Compared in (score, box) order, so proposals with equal scores may come in either order (see reference_model).
+    """
+    ours, tv_rpn = run["ours"].rpn, run["tv"].rpn
+    features = list(run["features"].values())
+    _, level_sizes, objectness, _, proposals = ours.predict(features, tuple(run["batch"].shape[-2:]))
+    boxes, scores = filter_proposals(proposals, objectness, level_sizes, run["image_sizes"], ours.pre_nms_top_n(),
+                                     ours.post_nms_top_n(), ours.nms_thresh, ours.min_size, ours.score_thresh)
+    logits, deltas = concat_box_prediction_layers(run["objectness"], run["rpn_deltas"])  # torchvision's own path
+    tv_proposals = tv_rpn.box_coder.decode(deltas, run["anchors"]).view(len(run["anchors"]), -1, 4)
+    assert_close("RPN decoded anchors (all)", proposals, tv_proposals, atol=1e-3)
+    tv_boxes, tv_scores = tv_rpn.filter_proposals(tv_proposals, logits, run["image_sizes"], level_sizes)
+    for i in range(len(boxes)):
+        assert len(boxes[i]) == len(tv_boxes[i]), f"image {i}: {len(boxes[i])} proposals vs torchvision's {len(tv_boxes[i])}"
+        (b, s), (tb, ts) = by_score(boxes[i], scores[i]), by_score(tv_boxes[i], tv_scores[i])
+        assert_close(f"RPN proposal scores image {i}", s, ts, atol=1e-6)
+        assert_close(f"RPN proposals image {i}", b, tb, atol=1e-3)
+    forward_boxes, losses = ours(features, run["image_sizes"], tuple(run["batch"].shape[-2:]), None)
+    assert losses == {} and all(torch.equal(a, b) for a, b in zip(forward_boxes, boxes))
 
 
 @torch.no_grad()
