@@ -2,9 +2,11 @@
 
 Built in notebooks/10_full_model.ipynb.
 
-`build_model("r50_fpn", 91)` has the same layers as torchvision's `maskrcnn_resnet50_fpn`, under names that
-read better here. `NAME_TABLE` below maps one naming onto the other, one row per kind of parameter; it is the
-documentation of the correspondence as much as the code that applies it:
+`build_model("r50_fpn", 91)` has the same layers as torchvision's `maskrcnn_resnet50_fpn`. Our modules took
+torchvision's attribute names on purpose (conv1, layer3.2.bn1, fpn.inner_blocks.0.0, rpn.head.conv.0.0, ...), so
+today every row of `NAME_TABLE` maps a name to itself and the conversion only drops torchvision's batch counters.
+The table is kept as the one place that says what each parameter is and where it lives in both models; renaming
+a module of ours means editing its row, and the tests check that the table covers both state dicts exactly:
 
     from_torchvision(their_state_dict) -> our state dict   (loads into build_model("r50_fpn", 91), strict)
     to_torchvision(our_state_dict)     -> their state dict (loads into torchvision's model, strict)
