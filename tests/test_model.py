@@ -37,6 +37,15 @@ def shapes_image(size, objects):
     return image, target
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run single-threaded: on a shared, loaded CPU, two threads that wait on each other are several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_model(**overrides):
     """The tiny preset on 64-pixel inputs: what the fast tests train."""
     torch.manual_seed(0)
@@ -187,16 +196,7 @@ def best_mask_ious(detections, targets):
     return ious
 
 
-@pytest.fixture
-def one_thread():
-    """Run single-threaded: on a shared, loaded CPU, two threads that wait on each other are several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_overfits_four_images(one_thread):
+def test_overfits_four_images():
     data = overfit_data()
     images, targets = [d[0] for d in data], [d[1] for d in data]
     model = small_model().train()
