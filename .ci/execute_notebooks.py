@@ -1,6 +1,6 @@
 """Execute notebooks in place and strip what changes from run to run.
 
-usage: python .ci/execute_notebooks.py notebooks/00_data.ipynb [...]
+usage: python .ci/execute_notebooks.py [--strip-only] notebooks/00_data.ipynb [...]
 
 Outputs stay (nbval compares against them); execution counts, cell timing metadata, widget state and
 the interpreter version go, so a re-run on another machine only changes what really changed.
@@ -28,14 +28,17 @@ def strip(nb):
     return nb
 
 
-def main(paths):
+def main(paths, execute=True):
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         start = time.perf_counter()
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
+        if execute:
+            workdir = os.path.dirname(os.path.abspath(path))
+            NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": workdir}}).execute()
         nbformat.write(strip(nb), path)
-        print(f"{path}: executed in {time.perf_counter() - start:.1f} s")
+        print(f"{path}: {'executed' if execute else 'stripped'} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--strip-only"], execute="--strip-only" not in args)
