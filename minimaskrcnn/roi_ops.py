@@ -1,192 +1,325 @@
-"""RoIPool and RoIAlign in pure PyTorch, and the multi-scale RoIAlign that picks an FPN level per RoI.
+"""RoIPool and RoIAlign: cutting a fixed-size feature patch out of a feature map for every region of interest.
 
 Built in notebooks/06_roialign_vs_roipool.ipynb.
 
 Shape glossary
-    N         images;  C channels;  H, W  feature map height and width
-    R         RoIs (boxes) over the whole batch
-    PH, PW    output bins per RoI (output_size)
-    G         sampling points per bin side (sampling_ratio, or adaptive: at most the largest over the RoIs)
-    S         sampled positions along one axis of a RoI (PH * G or PW * G)
-Same signatures and semantics as torchvision.ops.roi_align / roi_pool: boxes are Tensor[R, 5] (batch index,
-x1, y1, x2, y2) or a list of Tensor[L_i, 4] per image, in image coordinates scaled by spatial_scale.
+    N          images in the batch
+    C          channels of the feature map
+    H, W       feature map height and width
+    R          RoIs (regions of interest) over the whole batch
+    ph, pw     output size (pooled height and width), e.g. 7 x 7 (box head) or 14 x 14 (mask head)
+    G          samples per bin along one axis (sampling_ratio, or adaptive ceil(roi size / output size))
+    Sy, Sx     height and width of the feature window a chunk of RoIs reads
+Boxes are absolute (x1, y1, x2, y2) floats in image coordinates; `spatial_scale` maps them onto the feature map.
 
-The feature map is read through row gathers (index_select on a (N*H*W, C) view), so autograd keeps only
-indices and weights for backward, never a copy of the features per RoI; RoIs are processed in chunks so the
-transient gathered values stay bounded on large maps.
+Same signatures and semantics as torchvision.ops.roi_pool / roi_align, so one can swap for the other.
+
+How RoIAlign is computed here. Bilinear interpolation is separable: the value sampled at (y, x) is
+sum_h sum_w a_y(h) a_x(w) F[h, w] with a_y, a_x two-tap weight vectors (the border rules too: a sample outside
+the map is zero when y or x is outside, a product of two per-axis flags). Averaging the G x G samples of a bin
+keeps it separable, so for one RoI the whole output is two small matrix products
+
+    out[c] = Wy @ F[c] @ Wx^T,    Wy: (ph, H) the bins' averaged row weights, Wx: (pw, W) the column weights.
+
+Each RoI only touches a window of rows and columns, so we gather that window (Sy x Sx) rather than the whole
+map, sort RoIs by window size and go through them in chunks that fit a memory budget. The backward pass is the
+transpose (Wy^T @ grad @ Wx) added into the window; nothing of size R x C x samples x 4 corners is ever stored:
+the backward only keeps the RoIs and recomputes the small weight matrices.
 """
 import math
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-# upper bound on elements gathered at once (chunks of RoIs are sized to stay under it)
-_CHUNK_ELEMENTS = 1 << 24
+from minimaskrcnn.boxes import box_area
+
+BoxesArg = Union[Tensor, Sequence[Tensor]]
+
+# Largest number of floats a chunk's gathered feature window may hold (64 MiB in float32).
+_CHUNK_FLOATS = 16 * 2**20
 
 
-def _pair(size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def _pair(output_size) -> tuple[int, int]:
+    if isinstance(output_size, int):
+        return output_size, output_size
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        return int(output_size[0]), int(output_size[1])
+    raise TypeError(f"output_size must be an int or a pair of ints, got {output_size!r}")
 
 
-def _as_rois(boxes, like: Tensor) -> Tensor:
-    """boxes: Tensor[R, 5] or list[Tensor[L_i, 4]] -> Tensor[R, 5] (batch index first) in like's dtype."""
-    if isinstance(boxes, (list, tuple)):
-        parts = [
-            torch.cat((torch.full_like(b[:, :1], i, dtype=like.dtype), b.to(like.dtype)), dim=1)
-            for i, b in enumerate(boxes)
-        ]
-        return torch.cat(parts) if parts else like.new_zeros((0, 5))
-    if boxes.dim() != 2 or boxes.shape[1] != 5:
-        raise ValueError(f"boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got shape {tuple(boxes.shape)}")
-    return boxes.to(like.dtype)
+def convert_boxes_to_rois(boxes: BoxesArg, like: Tensor) -> Tensor:
+    """boxes: Tensor[R, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L_i, 4] -> Tensor[R, 5] like `like`."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"boxes as a Tensor must be [K, 5] (batch index, x1, y1, x2, y2), got {tuple(boxes.shape)}")
+        return boxes.to(dtype=like.dtype, device=like.device)
+    if not isinstance(boxes, (list, tuple)):
+        raise TypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
+    for i, b in enumerate(boxes):
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+            shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {shape}")
+    if len(boxes) == 0:
+        return like.new_zeros((0, 5))
+    index = torch.cat([torch.full((len(b), 1), i, dtype=like.dtype, device=like.device) for i, b in enumerate(boxes)])
+    return torch.cat((index, torch.cat(list(boxes)).to(like)), dim=1)  # (R, 1) + (R, 4) -> (R, 5)
 
 
-def _chunks(num_rois: int, per_roi: int):
-    step = max(1, _CHUNK_ELEMENTS // max(per_roi, 1))
-    for start in range(0, num_rois, step):
-        yield slice(start, min(start + step, num_rois))
+def _check_input(input: Tensor, name: str) -> None:
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+        raise ValueError(f"{name}: input must be a Tensor[N, C, H, W], got {shape}")
+    if not input.is_floating_point():
+        raise TypeError(f"{name}: input must be floating point, got {input.dtype}")
 
 
-def _bilinear_1d(coord: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """torchvision's 1-D bilinear rule for sample positions coord (any shape) on an axis of `size` pixels.
+# ----------------------------------------------------------------------------------------------------------- RoIAlign
+def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_ratio: int, aligned: bool):
+    """Bilinear taps along one axis for every RoI, bin and sample (torchvision's rules).
 
-    Returns (low index, high index, low weight, high weight); samples outside [-1, size] get zero weights,
-    positions below 0 are read at 0, positions at or past the last pixel read the last pixel.
+    start, end: Tensor[R] RoI edges on the feature map (already scaled and shifted) -> (low, high: int64 [R, bins, G],
+    w_low, w_high: [R, bins, G] weights already divided by the samples per bin, valid: bool [R, bins, G], grid: [R]).
     """
-    valid = (coord >= -1.0) & (coord <= size)
-    c = coord.clamp(min=0)
-    low = c.floor().long()
-    at_end = low >= size - 1
-    low = torch.where(at_end, torch.full_like(low, size - 1), low)
-    high = torch.where(at_end, low, low + 1)
-    c = torch.where(at_end, low.to(c.dtype), c)
-    frac = c - low.to(c.dtype)
-    return low, high, (1 - frac) * valid, frac * valid
+    length = end - start
+    if not aligned:
+        length = length.clamp(min=1.0)  # legacy: RoIs at least one feature pixel
+    bin_size = length / bins  # (R,)
+    if sampling_ratio > 0:
+        grid = torch.full_like(bin_size, sampling_ratio, dtype=torch.int64)
+    else:
+        grid = torch.ceil(bin_size).to(torch.int64)  # adaptive: about one sample per feature pixel
+    g_max = max(int(grid.max()), 1) if grid.numel() else 1
+    gridf = grid.to(start.dtype)[:, None, None]
+    b = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
+    s = torch.arange(g_max, dtype=start.dtype, device=start.device)[None, None, :]
+    # same evaluation order as the reference: start + bin * bin_size + (s + 0.5) * bin_size / grid
+    pos = start[:, None, None] + b * bin_size[:, None, None] + (s + 0.5) * bin_size[:, None, None] / gridf
+    valid = (s < gridf) & (pos >= -1.0) & (pos <= size)  # (R, bins, G); outside the map -> contributes 0
+    pos = pos.clamp(min=0)
+    low = pos.floor().to(torch.int64)
+    at_edge = low >= size - 1  # the last row/column is repeated instead of reading past the map
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    pos = torch.where(at_edge, low.to(pos.dtype), pos)
+    frac = pos - low.to(pos.dtype)
+    scale = valid.to(pos.dtype) / gridf.clamp(min=1)
+    return low, high, (1 - frac) * scale, frac * scale, valid, grid
 
 
-def _sample_positions(start: Tensor, length: Tensor, bins: int, grid: Tensor, max_grid: int):
-    """Sample positions along one axis: Tensor[R, bins*max_grid] and a mask of the real ones (< grid per RoI)."""
-    bin_size = length / bins
-    p = torch.arange(bins, dtype=start.dtype, device=start.device)
-    i = torch.arange(max_grid, dtype=start.dtype, device=start.device)
-    g = grid.clamp(min=1).to(start.dtype)
-    pos = (
-        start[:, None, None]
-        + p[None, :, None] * bin_size[:, None, None]
-        + (i[None, None, :] + 0.5) * (bin_size / g)[:, None, None]
-    )  # (R, bins, G)
-    real = (i[None, None, :] < grid[:, None, None]).expand_as(pos)
-    return pos.reshape(len(start), -1), real.reshape(len(start), -1)  # (R, bins, G) -> (R, bins*G)
+class _AlignPlan:
+    """Everything RoIAlign needs besides the features: per-axis taps, each RoI's window, the chunks."""
+
+    def __init__(self, rois: Tensor, shape, output_size, spatial_scale, sampling_ratio, aligned):
+        n, c, self.height, self.width = shape
+        self.ph, self.pw = output_size
+        self.batch = rois[:, 0].to(torch.int64)
+        offset = 0.5 if aligned else 0.0
+        x1, y1, x2, y2 = (rois[:, k] * spatial_scale - offset for k in range(1, 5))
+        self.y = _axis_samples(y1, y2, self.ph, self.height, sampling_ratio, aligned)
+        self.x = _axis_samples(x1, x2, self.pw, self.width, sampling_ratio, aligned)
+        # each RoI's window: the rows/columns its valid taps touch (row 0 when it has none)
+        self.y_lo, self.y_len = self._window(self.y)
+        self.x_lo, self.x_len = self._window(self.x)
+        area = self.y_len * self.x_len
+        self.order = torch.argsort(area, stable=True)
+        side = torch.maximum(self.y_len, self.x_len)[self.order].cpu()  # bounds both window sides of every RoI
+        self.chunks = []  # list of (start, stop) into self.order, each fitting _CHUNK_FLOATS
+        start, r = 0, len(self.order)
+        while start < r:
+            cost = torch.arange(1, r - start + 1) * side[start:] ** 2 * c  # increasing in the chunk's end
+            stop = start + max(int(torch.searchsorted(cost, torch.tensor(_CHUNK_FLOATS), right=True)), 1)
+            self.chunks.append((start, stop))
+            start = stop
+
+    @staticmethod
+    def _window(taps):
+        low, high, _, _, valid, _ = taps
+        big = torch.iinfo(torch.int64).max
+        lo = torch.where(valid, low, big).flatten(1).amin(1) if low.numel() else low.new_zeros(len(low))
+        hi = torch.where(valid, high, -1).flatten(1).amax(1) if low.numel() else low.new_zeros(len(low))
+        empty = hi < 0
+        lo = torch.where(empty, 0, lo)
+        hi = torch.where(empty, 0, hi)
+        return lo, hi - lo + 1
+
+    def chunk(self, start: int, stop: int):
+        """-> (rois idx [Rc], window gather index [Rc, Sy, Sx] into (N*H*W), Wy [Rc, ph, Sy], Wx [Rc, pw, Sx])."""
+        idx = self.order[start:stop]
+        sy = min(int(self.y_len[idx].max()), self.height)
+        sx = min(int(self.x_len[idx].max()), self.width)
+        y0 = self.y_lo[idx].clamp(max=self.height - sy)  # window [y0, y0 + sy) stays in the map
+        x0 = self.x_lo[idx].clamp(max=self.width - sx)
+        wy = self._weights(self.y, idx, y0, sy)
+        wx = self._weights(self.x, idx, x0, sx)
+        rows = self.batch[idx, None] * self.height + y0[:, None] + torch.arange(sy, device=y0.device)  # (Rc, Sy)
+        cols = x0[:, None] + torch.arange(sx, device=x0.device)  # (Rc, Sx)
+        gather = rows[:, :, None] * self.width + cols[:, None, :]  # (Rc, Sy, Sx) flat (n, h, w) index
+        return idx, gather, wy, wx
+
+    @staticmethod
+    def _weights(taps, idx, origin, size):
+        low, high, w_low, w_high, valid, _ = (t[idx] for t in taps)
+        origin = origin[:, None, None]
+        low = torch.where(valid, low - origin, 0)  # taps of invalid samples carry weight 0; park them at 0
+        high = torch.where(valid, high - origin, 0)
+        cells = torch.arange(size, device=low.device)
+        # (Rc, bins, G) taps -> (Rc, bins, G, size) one-hot -> (Rc, bins, size) averaged weights
+        weights = (low[..., None] == cells) * w_low[..., None] + (high[..., None] == cells) * w_high[..., None]
+        return weights.sum(2)
+
+
+def _align_forward(features_nhwc: Tensor, plan: _AlignPlan, num_rois: int) -> Tensor:
+    """features_nhwc: Tensor[N*H*W, C] -> Tensor[R, C, ph, pw]."""
+    c = features_nhwc.shape[1]
+    out = features_nhwc.new_empty((num_rois, c, plan.ph, plan.pw))
+    for start, stop in plan.chunks:
+        idx, gather, wy, wx = plan.chunk(start, stop)
+        rc, sy, sx = gather.shape
+        window = features_nhwc.index_select(0, gather.flatten()).view(rc, sy, sx * c)  # (Rc*Sy*Sx, C) -> (Rc, Sy, Sx*C)
+        rows = torch.bmm(wy, window).view(rc * plan.ph, sx, c)  # (Rc, ph, Sx*C) -> (Rc*ph, Sx, C)
+        wx_rep = wx.repeat_interleave(plan.ph, dim=0)  # (Rc, pw, Sx) -> (Rc*ph, pw, Sx)
+        pooled = torch.bmm(wx_rep, rows).view(rc, plan.ph, plan.pw, c)  # (Rc*ph, pw, C) -> (Rc, ph, pw, C)
+        out[idx] = pooled.permute(0, 3, 1, 2)  # (Rc, ph, pw, C) -> (Rc, C, ph, pw)
+    return out
+
+
+def _align_backward(grad_out: Tensor, plan: _AlignPlan, shape) -> Tensor:
+    """grad_out: Tensor[R, C, ph, pw] -> grad of the features, Tensor[N, C, H, W] (the transpose of the forward)."""
+    n, c, h, w = shape
+    grad = grad_out.new_zeros((n * h * w, c))
+    for start, stop in plan.chunks:
+        idx, gather, wy, wx = plan.chunk(start, stop)
+        rc, sy, sx = gather.shape
+        g = grad_out[idx].permute(0, 2, 3, 1).reshape(rc * plan.ph, plan.pw, c)  # (Rc, C, ph, pw) -> (Rc*ph, pw, C)
+        wx_rep = wx.repeat_interleave(plan.ph, dim=0)
+        g_rows = torch.bmm(wx_rep.transpose(1, 2), g).view(rc, plan.ph, sx * c)  # (Rc*ph, Sx, C) -> (Rc, ph, Sx*C)
+        g_window = torch.bmm(wy.transpose(1, 2), g_rows)  # (Rc, Sy, Sx*C)
+        grad.index_add_(0, gather.flatten(), g_window.view(rc * sy * sx, c))
+    return grad.view(n, h, w, c).permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+
+
+class _RoIAlign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        plan = _AlignPlan(rois, input.shape, output_size, spatial_scale, sampling_ratio, aligned)
+        n, c, h, w = input.shape
+        features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N, C, H, W) -> (N*H*W, C)
+        ctx.plan, ctx.shape = plan, input.shape
+        return _align_forward(features, plan, len(rois))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad = _align_backward(grad_out.contiguous(), ctx.plan, ctx.shape)
+        return grad, None, None, None, None, None
 
 
 def roi_align(
     input: Tensor,
-    boxes,
+    boxes: BoxesArg,
     output_size,
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
-    """RoIAlign: average of bilinear samples on a regular grid in each bin. -> Tensor[R, C, PH, PW].
+    """RoIAlign (Mask R-CNN): average of bilinear samples in each bin, no rounding anywhere.
 
-    input: Tensor[N, C, H, W]; boxes: Tensor[R, 5] or list of Tensor[L, 4]; sampling_ratio <= 0 means
-    ceil(roi size / output size) samples per bin side, per RoI; aligned=True shifts boxes by -0.5 pixel
-    (pixel centres), aligned=False is the legacy definition where RoIs are at least 1x1.
+    input: Tensor[N, C, H, W]; boxes: Tensor[R, 5] (batch index, x1, y1, x2, y2) or list of Tensor[L_i, 4]
+    (x1, y1, x2, y2) per image; output_size: int or (ph, pw); spatial_scale: feature size / image size;
+    sampling_ratio: samples per bin along each axis, <= 0 for adaptive ceil(roi size / output size) per RoI;
+    aligned: False = legacy (no half-pixel shift, RoIs at least 1 x 1), True = shift boxes by -0.5 pixel.
+    -> Tensor[R, C, ph, pw]. Differentiable in `input` (not in the boxes), as torchvision.ops.roi_align.
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb.
     """
-    rois = _as_rois(boxes, input)
-    ph, pw = _pair(output_size)
-    n, c, h, w = input.shape
-    r = rois.shape[0]
-    if r == 0:
-        return input.new_zeros((0, c, ph, pw))
-    offset = 0.5 if aligned else 0.0
-    x1, y1 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
-    roi_w, roi_h = rois[:, 3] * spatial_scale - offset - x1, rois[:, 4] * spatial_scale - offset - y1
-    if not aligned:
-        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
-    if sampling_ratio > 0:
-        grid_h = torch.full((r,), sampling_ratio, dtype=torch.int64, device=input.device)
-        grid_w = grid_h
-    else:
-        grid_h = torch.ceil(roi_h / ph).long()
-        grid_w = torch.ceil(roi_w / pw).long()
-    gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
-    ys, y_real = _sample_positions(y1, roi_h, ph, grid_h, gh)  # (R, PH*gh)
-    xs, x_real = _sample_positions(x1, roi_w, pw, grid_w, gw)  # (R, PW*gw)
-    y_lo, y_hi, wy_lo, wy_hi = _bilinear_1d(ys, h)
-    x_lo, x_hi, wx_lo, wx_hi = _bilinear_1d(xs, w)
-    count = (grid_h * grid_w).clamp(min=1).to(input.dtype)
-    wy_lo, wy_hi = wy_lo * y_real, wy_hi * y_real
-    wx_lo, wx_hi = wx_lo * x_real / count[:, None], wx_hi * x_real / count[:, None]
+    _check_input(input, "roi_align")
+    rois = convert_boxes_to_rois(boxes, input).detach()
+    return _RoIAlign.apply(input, rois, _pair(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
 
-    table = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N, C, H, W) -> (N*H*W, C)
-    base = rois[:, 0].long() * (h * w)
-    out = []
-    for sl in _chunks(r, ys.shape[1] * xs.shape[1] * c):
-        acc = 0
-        for yi, wy in ((y_lo[sl], wy_lo[sl]), (y_hi[sl], wy_hi[sl])):
-            for xi, wx in ((x_lo[sl], wx_lo[sl]), (x_hi[sl], wx_hi[sl])):
-                idx = base[sl, None, None] + yi[:, :, None] * w + xi[:, None, :]  # (r, Sy, Sx)
-                vals = table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, c)  # (r, Sy, Sx, C)
-                acc = acc + vals * (wy[:, :, None] * wx[:, None, :])[..., None]
-        acc = acc.reshape(acc.shape[0], ph, gh, pw, gw, c).sum(dim=(2, 4))  # (r, PH*gh, PW*gw, C) -> (r, PH, PW, C)
-        out.append(acc.permute(0, 3, 1, 2))  # (r, PH, PW, C) -> (r, C, PH, PW)
-    return torch.cat(out)
+
+# ------------------------------------------------------------------------------------------------------------ RoIPool
+def _pool_bins(start: Tensor, end: Tensor, bins: int, size: int):
+    """Quantised bin edges along one axis: start, end: Tensor[R] (rounded RoI edges, int64) -> (lo, hi: [R, bins])."""
+    length = (end - start + 1).clamp(min=1)
+    bin_size = length.to(torch.float32) / bins
+    b = torch.arange(bins, dtype=torch.float32, device=start.device)
+    lo = torch.floor(b[None] * bin_size[:, None]).to(torch.int64) + start[:, None]
+    hi = torch.ceil((b[None] + 1) * bin_size[:, None]).to(torch.int64) + start[:, None]
+    return lo.clamp(0, size), hi.clamp(0, size)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
-    """C's round(): halves go away from zero (torch.round rounds halves to even)."""
+    """C's round(): halves away from zero (torch.round sends them to the even neighbour)."""
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-def _pool_bins(start: Tensor, length: Tensor, bins: int, size: int) -> tuple[Tensor, Tensor]:
-    """Integer [begin, end) of each bin along one axis: Tensor[R, bins] each, clipped to [0, size]."""
-    bin_size = length.to(torch.float64) / bins
-    p = torch.arange(bins, dtype=torch.float64, device=start.device)
-    begin = torch.floor(p[None] * bin_size[:, None]).long() + start[:, None]
-    end = torch.ceil((p[None] + 1) * bin_size[:, None]).long() + start[:, None]
-    return begin.clamp(0, size), end.clamp(0, size)
+class _RoIPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, output_size, spatial_scale):
+        n, c, h, w = input.shape
+        ph, pw = output_size
+        batch = rois[:, 0].to(torch.int64)
+        x1, y1, x2, y2 = (_round_half_away(rois[:, k] * spatial_scale).to(torch.int64) for k in range(1, 5))
+        ylo, yhi = _pool_bins(y1, y2, ph, h)  # (R, ph)
+        xlo, xhi = _pool_bins(x1, x2, pw, w)  # (R, pw)
+        len_y = int((yhi - ylo).max()) if len(rois) else 1
+        len_x = int((xhi - xlo).max()) if len(rois) else 1
+        len_y, len_x = max(len_y, 1), max(len_x, 1)
+        rows = ylo[:, :, None] + torch.arange(len_y, device=ylo.device)  # (R, ph, Ly)
+        cols = xlo[:, :, None] + torch.arange(len_x, device=xlo.device)  # (R, pw, Lx)
+        row_ok, col_ok = rows < yhi[:, :, None], cols < xhi[:, :, None]
+        # flat index into one channel plane: (R, ph, Ly, pw, Lx); rows/cols past the bin are masked, clamp keeps it legal
+        plane = rows.clamp(max=h - 1)[:, :, :, None, None] * w + cols.clamp(max=w - 1)[:, None, None, :, :]
+        ok = row_ok[:, :, :, None, None] & col_ok[:, None, None, :, :]
+        plane = plane.permute(0, 1, 3, 2, 4).reshape(len(rois), ph * pw, len_y * len_x)  # row-major inside a bin
+        ok = ok.permute(0, 1, 3, 2, 4).reshape(len(rois), ph * pw, len_y * len_x)
+        flat = input.reshape(n, c, h * w)
+        out = input.new_zeros((len(rois), c, ph * pw))
+        argmax = torch.full((len(rois), c, ph * pw), -1, dtype=torch.int64, device=input.device)
+        per_roi = c * ph * pw * len_y * len_x
+        step = max(_CHUNK_FLOATS // max(per_roi, 1), 1)
+        for s in range(0, len(rois), step):  # chunks of RoIs (bounded memory), not a loop over RoIs
+            sl = slice(s, s + step)
+            idx = plane[sl].reshape(-1, 1, ph * pw * len_y * len_x).expand(-1, c, -1)  # (Rc, C, bins*L)
+            vals = torch.gather(flat[batch[sl]], 2, idx).view(-1, c, ph * pw, len_y * len_x)
+            vals = vals.masked_fill(~ok[sl, None], float("-inf"))
+            best, where = vals.max(dim=3)  # first maximum in row-major order, as the reference
+            nonempty = ok[sl].any(dim=2)[:, None, :]  # (Rc, 1, bins)
+            out[sl] = torch.where(nonempty, best, torch.zeros_like(best))
+            chosen = torch.gather(plane[sl, None].expand(-1, c, -1, -1), 3, where[..., None])[..., 0]
+            argmax[sl] = torch.where(nonempty, chosen, torch.full_like(chosen, -1))
+        ctx.save_for_backward(argmax, batch)
+        ctx.shape = input.shape
+        return out.view(len(rois), c, ph, pw)  # (R, C, ph*pw) -> (R, C, ph, pw)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        argmax, batch = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        grad = grad_out.new_zeros(n * c * h * w)
+        g = grad_out.reshape(argmax.shape)
+        hit = argmax >= 0  # empty bins send no gradient
+        target = (batch[:, None, None] * c + torch.arange(c, device=argmax.device)[None, :, None]) * (h * w) + argmax  # flat (n, c, h, w)
+        grad.index_add_(0, target[hit], g[hit])
+        return grad.view(n, c, h, w), None, None, None
 
 
-def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
-    """RoIPool: the box is rounded to the feature grid, split into integer bins, and each bin max-pooled.
+def roi_pool(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float = 1.0) -> Tensor:
+    """RoIPool (Fast R-CNN): round the box to feature pixels, split it into quantised bins, max over each bin.
 
-    input: Tensor[N, C, H, W]; boxes: Tensor[R, 5] or list of Tensor[L, 4] -> Tensor[R, C, PH, PW].
-    Empty bins give 0.
+    input: Tensor[N, C, H, W]; boxes: Tensor[R, 5] (batch index, x1, y1, x2, y2) or list of Tensor[L_i, 4];
+    output_size: int or (ph, pw); spatial_scale: feature size / image size -> Tensor[R, C, ph, pw].
+    As torchvision.ops.roi_pool: box edges rounded (halves away from zero), RoIs at least 1 x 1 pixel, bin b covers
+    [floor(b * bin), ceil((b + 1) * bin)) clipped to the map, empty bins give 0; the gradient goes to each max.
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb.
     """
-    rois = _as_rois(boxes, input)
-    ph, pw = _pair(output_size)
-    n, c, h, w = input.shape
-    r = rois.shape[0]
-    if r == 0:
-        return input.new_zeros((0, c, ph, pw))
-    q = _round_half_away(rois[:, 1:] * spatial_scale).long()  # (R, 4) integer x1, y1, x2, y2
-    roi_w = (q[:, 2] - q[:, 0] + 1).clamp(min=1)
-    roi_h = (q[:, 3] - q[:, 1] + 1).clamp(min=1)
-    y_begin, y_end = _pool_bins(q[:, 1], roi_h, ph, h)  # (R, PH)
-    x_begin, x_end = _pool_bins(q[:, 0], roi_w, pw, w)  # (R, PW)
-    by = max(int((y_end - y_begin).max()), 1)
-    bx = max(int((x_end - x_begin).max()), 1)
-    ys = y_begin[:, :, None] + torch.arange(by, device=input.device)  # (R, PH, by)
-    xs = x_begin[:, :, None] + torch.arange(bx, device=input.device)  # (R, PW, bx)
-    y_in, x_in = ys < y_end[:, :, None], xs < x_end[:, :, None]
-    ys, xs = ys.clamp(max=h - 1), xs.clamp(max=w - 1)
-
-    table = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N, C, H, W) -> (N*H*W, C)
-    base = rois[:, 0].long() * (h * w)
-    out = []
-    for sl in _chunks(r, ph * by * pw * bx * c):
-        idx = base[sl, None, None, None, None] + ys[sl, :, :, None, None] * w + xs[sl, None, None, :, :]
-        vals = table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, c)  # (r, PH, by, PW, bx, C)
-        inside = (y_in[sl, :, :, None, None] & x_in[sl, None, None, :, :])[..., None]
-        vals = vals.masked_fill(~inside, float("-inf"))
-        vals = vals.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)  # (r, PH, by, PW, bx, C) -> (r, PH, PW, by*bx, C)
-        best = vals.max(dim=3).values  # (r, PH, PW, C)
-        best = torch.where(torch.isinf(best), torch.zeros_like(best), best)  # empty bins
-        out.append(best.permute(0, 3, 1, 2))  # (r, PH, PW, C) -> (r, C, PH, PW)
-    return torch.cat(out)
+    _check_input(input, "roi_pool")
+    rois = convert_boxes_to_rois(boxes, input).detach()
+    return _RoIPool.apply(input, rois, _pair(output_size), float(spatial_scale))
 
 
+# ---------------------------------------------------------------------------------------------------- multi-scale
 def assign_levels(
     boxes: Tensor,
     k_min: int,
@@ -195,57 +328,67 @@ def assign_levels(
     canonical_level: int = 4,
     eps: float = 1e-6,
 ) -> Tensor:
-    """FPN level of each RoI (eq. 1 of the FPN paper): floor(k0 + log2(sqrt(area) / 224) + eps), clamped.
+    """FPN level of each box: floor(k0 + log2(sqrt(area) / 224) + eps) clamped to [k_min, k_max].
 
-    boxes: Tensor[R, 4] -> Tensor[R] int64, counted from k_min (0 = the finest level used).
+    boxes: Tensor[R, 4] (x1, y1, x2, y2) in image coordinates -> Tensor[R] int64 level index counted from k_min
+    (0 = the finest level given). A 224 x 224 box goes to level k0 = 4; each halving of its side goes one finer.
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb.
     """
-    scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    level = torch.floor(canonical_level + torch.log2(scale / canonical_scale) + eps)
-    return (level.clamp(min=k_min, max=k_max) - k_min).to(torch.int64)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"assign_levels: boxes must be Tensor[R, 4], got {tuple(boxes.shape)}")
+    if k_min > k_max:
+        raise ValueError(f"assign_levels: k_min={k_min} > k_max={k_max}")
+    scale = torch.sqrt(box_area(boxes))
+    levels = torch.floor(canonical_level + torch.log2(scale / canonical_scale) + eps)
+    return (levels.clamp(min=k_min, max=k_max) - k_min).to(torch.int64)
 
 
 class MultiScaleRoIAlign(nn.Module):
-    """Pool each RoI from the FPN level that matches its size (RoIAlign, or RoIPool with pool="pool").
+    """Pool every RoI from the FPN level that suits its size (RoIAlign, or RoIPool for the ablation).
 
-    The scale of each level is inferred from the feature size against the largest image, rounded to a power of 2.
+    featmap_names: which entries of the feature dict to use, finest first; output_size: int (S);
+    sampling_ratio: samples per bin (<= 0 adaptive); aligned: half-pixel shift; pool: "align" | "pool".
+    forward(features: dict[str, Tensor[N, C, H_l, W_l]], boxes: list[Tensor[R_i, 4]], image_sizes: list[(h, w)])
+    -> Tensor[sum R_i, C, S, S], RoIs in the order of the concatenated boxes.
+    Each level's scale is inferred as torchvision does: 2 ** round(log2(H_l / max image height)).
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb.
     """
 
-    def __init__(
-        self,
-        featmap_names: list[str],
-        output_size: int,
-        sampling_ratio: int,
-        aligned: bool = False,
-        pool: str = "align",
-        canonical_scale: float = 224,
-        canonical_level: int = 4,
-    ):
+    def __init__(self, featmap_names, output_size, sampling_ratio: int, aligned: bool = False, pool: str = "align"):
         super().__init__()
         if pool not in ("align", "pool"):
-            raise ValueError(f"pool must be 'align' or 'pool', got {pool!r}")
+            raise ValueError(f"MultiScaleRoIAlign: pool must be 'align' or 'pool', got {pool!r}")
+        if not featmap_names:
+            raise ValueError("MultiScaleRoIAlign: featmap_names is empty")
         self.featmap_names = list(featmap_names)
         self.output_size = _pair(output_size)
-        self.sampling_ratio, self.aligned, self.pool = sampling_ratio, aligned, pool
-        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.pool = pool
 
-    def _pool_one(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+    def _pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.pool == "pool":
             return roi_pool(feature, rois, self.output_size, scale)
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
-    def forward(self, features: dict, boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
-        """features {name: Tensor[N, C, H_l, W_l]}, boxes [Tensor[R_i, 4]] -> Tensor[sum R_i, C, PH, PW]."""
+    def forward(self, features: dict, boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        missing = [name for name in self.featmap_names if name not in features]
+        if missing:
+            raise ValueError(f"MultiScaleRoIAlign: features lack {missing} (have {list(features)})")
         maps = [features[name] for name in self.featmap_names]
-        max_h = max(s[0] for s in image_sizes)
-        scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in maps]
-        rois = _as_rois(boxes, maps[0])
+        max_h = max(int(size[0]) for size in image_sizes)
+        scales = [2.0 ** round(math.log2(m.shape[-2] / max_h)) for m in maps]
+        rois = convert_boxes_to_rois(list(boxes), maps[0])
         if len(maps) == 1:
-            return self._pool_one(maps[0], rois, scales[0])
+            return self._pool_level(maps[0], rois, scales[0])
         k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
-        levels = assign_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
-        result = maps[0].new_zeros((len(rois), maps[0].shape[1], *self.output_size))
+        levels = assign_levels(rois[:, 1:], k_min, k_max)
+        n, c = maps[0].shape[:2]
+        out = maps[0].new_zeros((len(rois), c) + self.output_size)
         for level, (feature, scale) in enumerate(zip(maps, scales)):
-            idx = torch.where(levels == level)[0]
+            idx = torch.nonzero(levels == level).flatten()
             if len(idx):
-                result[idx] = self._pool_one(feature, rois[idx], scale).to(result.dtype)
-        return result
+                out = out.index_put((idx,), self._pool_level(feature, rois[idx], scale))
+        return out
