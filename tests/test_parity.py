@@ -269,9 +269,15 @@ def compare_detections(ours: list[dict], theirs: list[dict], where: str) -> None
         assert_close(f"{where} boxes image {i}", d["boxes"], e["boxes"], atol=1e-3)
         assert_close(f"{where} scores image {i}", d["scores"], e["scores"], atol=1e-4)
         ours_bin, theirs_bin = d["masks"] > 0.5, e["masks"] > 0.5
+        # RoIAlign agrees to ~1e-5, not bit for bit, so a pixel whose probability is 0.5 to within float noise
+        # may land on either side; any other differing pixel is a real difference.
+        borderline = (e["masks"] - 0.5).abs() < 1e-4
         differing = int((ours_bin != theirs_bin).sum())
-        print(f"{where} masks image {i}: {differing} of {ours_bin.numel()} pixels differ after > 0.5")
-        assert differing == 0, f"{where} image {i}: {differing} mask pixels differ after thresholding at 0.5"
+        real = int(((ours_bin != theirs_bin) & ~borderline).sum())
+        print(f"{where} masks image {i}: {differing} of {ours_bin.numel()} pixels differ after > 0.5, "
+              f"{real} of them not within 1e-4 of 0.5; max abs diff of probabilities "
+              f"{max_abs_diff(d['masks'], e['masks']):.3g}")
+        assert real == 0, f"{where} image {i}: {real} mask pixels differ after thresholding at 0.5"
 
 
 @torch.no_grad()
