@@ -94,7 +94,7 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
     b = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
     s = torch.arange(g_max, dtype=start.dtype, device=start.device)[None, None, :]
     # same evaluation order as the reference: start + bin * bin_size + (s + 0.5) * bin_size / grid
-    pos = start[:, None, None] + b * bin_size[:, None, None] + (s + 0.5) * bin_size[:, None, None] / gridf
+    pos = start[:, None, None] + b * bin_size[:, None, None] + (s + 0.5) * bin_size[:, None, None] / gridf.clamp(min=1)
     valid = (s < gridf) & (pos >= -1.0) & (pos <= size)  # (R, bins, G); outside the map -> contributes 0
     pos = pos.clamp(min=0)
     low = pos.floor().to(torch.int64)
@@ -104,7 +104,8 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
     pos = torch.where(at_edge, low.to(pos.dtype), pos)
     frac = pos - low.to(pos.dtype)
     scale = valid.to(pos.dtype) / gridf.clamp(min=1)
-    return low, high, (1 - frac) * scale, frac * scale, valid, grid
+    zero = torch.zeros_like(frac)  # where(), not a product: a RoI with no samples must give 0, never 0 * nan
+    return low, high, torch.where(valid, (1 - frac) * scale, zero), torch.where(valid, frac * scale, zero), valid, grid
 
 
 class _AlignPlan:

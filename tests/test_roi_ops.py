@@ -1,0 +1,220 @@
+"""Tests for minimaskrcnn.roi_ops: hand-computed values, borders, gradients, level assignment, torchvision parity."""
+import pytest
+import torch
+
+from minimaskrcnn.roi_ops import MultiScaleRoIAlign, assign_levels, roi_align, roi_pool
+
+
+def arange_map():
+    """A 1 x 1 x 5 x 5 map with F[h, w] = 5 h + w: linear, so bilinear sampling at (y, x) gives exactly 5 y + x."""
+    return torch.arange(25, dtype=torch.float64).view(1, 1, 5, 5)
+
+
+def box(*xyxy, batch=0.0):
+    return torch.tensor([[batch, *xyxy]], dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------------ RoIAlign values
+def test_roi_align_hand_values_legacy():
+    # box 0..4, one bin of size 4, 2 x 2 samples at 1 and 3 on each axis -> mean (2, 2) -> 5 * 2 + 2
+    assert roi_align(arange_map(), box(0, 0, 4, 4), 1, sampling_ratio=2).item() == pytest.approx(12.0)
+    # 2 x 2 output: bins of size 2, one sample each at their centres 1 and 3 -> 5 y + x
+    out = roi_align(arange_map(), box(0, 0, 4, 4), 2, sampling_ratio=1)[0, 0]
+    assert torch.allclose(out, torch.tensor([[6.0, 8.0], [16.0, 18.0]], dtype=torch.float64))
+
+
+def test_roi_align_hand_values_aligned():
+    # aligned shifts the box by -0.5: samples at 0.5 and 2.5 -> mean 1.5 -> 5 * 1.5 + 1.5
+    assert roi_align(arange_map(), box(0, 0, 4, 4), 1, sampling_ratio=2, aligned=True).item() == pytest.approx(9.0)
+
+
+def test_roi_align_box_partly_outside():
+    # samples at 4 (the last row/column, read as is) and 6 (> H = 5: contributes 0); only (4, 4) counts, / 4 samples
+    assert roi_align(arange_map(), box(3, 3, 7, 7), 1, sampling_ratio=2).item() == pytest.approx(24.0 / 4)
+    # aligned: samples at -0.5 (inside [-1, H], clamped to row 0) and 0.5 -> mean 0.25 on each axis -> 5 * 0.25 + 0.25
+    assert roi_align(arange_map(), box(-0.5, -0.5, 1.5, 1.5), 1, sampling_ratio=2, aligned=True).item() == pytest.approx(1.5)
+    # a sample below -1 contributes 0: samples at -1.5 (dropped) and 0.5 on each axis -> only (0.5, 0.5) = 3, / 4
+    assert roi_align(arange_map(), box(-2, -2, 2, 2), 1, sampling_ratio=2, aligned=True).item() == pytest.approx(0.75)
+
+
+def test_roi_align_box_fully_outside_is_zero():
+    out = roi_align(arange_map(), box(10, 10, 12, 12), 3, sampling_ratio=2)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_roi_align_zero_size_boxes():
+    # legacy: the RoI is widened to 1 x 1 -> samples at 1.25, 1.75 -> mean 1.5 -> 9
+    assert roi_align(arange_map(), box(1, 1, 1, 1), 1, sampling_ratio=2).item() == pytest.approx(9.0)
+    # aligned, fixed sampling: all samples at the shifted corner 0.5 -> 3
+    assert roi_align(arange_map(), box(1, 1, 1, 1), 1, sampling_ratio=2, aligned=True).item() == pytest.approx(3.0)
+    # aligned, adaptive sampling: ceil(0) = 0 samples -> 0
+    assert roi_align(arange_map(), box(1, 1, 1, 1), 1, sampling_ratio=-1, aligned=True).item() == 0.0
+
+
+def test_roi_align_adaptive_sampling_is_per_roi():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 12, 12, dtype=torch.float64) ** 2  # non-linear, so the number of samples matters
+    small, large = box(0, 0, 3, 3), box(0, 0, 10, 10)  # 1 x 1 output: ceil(3) = 3, ceil(10) = 10 samples per axis
+    both = torch.cat((small, large))
+    adaptive = roi_align(x, both, 1, sampling_ratio=-1)
+    assert torch.allclose(adaptive[0], roi_align(x, small, 1, sampling_ratio=3)[0])
+    assert torch.allclose(adaptive[1], roi_align(x, large, 1, sampling_ratio=10)[0])
+    assert not torch.allclose(adaptive[1], roi_align(x, large, 1, sampling_ratio=3)[0])
+
+
+def test_roi_align_multiple_images_and_box_formats():
+    x = torch.cat((arange_map(), arange_map() + 100))  # image 1 = image 0 + 100
+    rois = torch.tensor([[1, 0, 0, 4, 4], [0, 0, 0, 4, 4], [1, 1, 1, 3, 2]], dtype=torch.float64)
+    out = roi_align(x, rois, (2, 3), sampling_ratio=2)
+    assert out.shape == (3, 1, 2, 3)
+    assert torch.allclose(out[0], out[1] + 100)
+    as_list = roi_align(x, [rois[1:2, 1:], torch.cat((rois[0:1, 1:], rois[2:3, 1:]))], (2, 3), sampling_ratio=2)
+    assert torch.allclose(as_list, out[[1, 0, 2]])
+
+
+def test_roi_align_spatial_scale():
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    a = roi_align(x, box(4, 4, 20, 24), 3, spatial_scale=0.25, sampling_ratio=2)
+    b = roi_align(x, box(1, 1, 5, 6), 3, spatial_scale=1.0, sampling_ratio=2)
+    assert torch.allclose(a, b)
+
+
+def test_roi_align_no_rois():
+    out = roi_align(torch.randn(2, 3, 5, 5), torch.zeros(0, 5), 7)
+    assert out.shape == (0, 3, 7, 7)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_roi_align_gradcheck(aligned, sampling_ratio):
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, 0.7, 4.2, 5.1], [1, -1.5, 2.0, 3.0, 9.0], [1, 2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, (3, 2), 1.0, sampling_ratio, aligned), (x,))
+
+
+def test_roi_align_gradient_goes_to_the_four_neighbours():
+    x = torch.zeros(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    # one sample at (1.25, 2.5): weights 0.75 * 0.5 on rows 1, 2 x columns 2, 3
+    roi_align(x, box(2.0, 0.75, 3.0, 1.75), 1, sampling_ratio=1).sum().backward()
+    expected = torch.zeros(5, 5, dtype=torch.float64)
+    expected[1, 2] = expected[1, 3] = 0.75 * 0.5
+    expected[2, 2] = expected[2, 3] = 0.25 * 0.5
+    assert torch.allclose(x.grad[0, 0], expected)
+
+
+# ------------------------------------------------------------------------------------------------ RoIPool values
+def test_roi_pool_hand_values():
+    # box 0..4 -> 5 pixels, bins of 2.5: [0, 3) and [2, 5) on each axis; max = bottom-right corner of each bin
+    out = roi_pool(arange_map(), box(0, 0, 4, 4), 2)[0, 0]
+    assert torch.equal(out, torch.tensor([[12.0, 14.0], [22.0, 24.0]], dtype=torch.float64))
+
+
+def test_roi_pool_rounds_halves_away_from_zero():
+    # 0.5 -> 1 and 2.5 -> 3 (C round, not banker's): rows/cols 1..3 -> max F[3, 3] = 18
+    assert roi_pool(arange_map(), box(0.5, 0.5, 2.5, 2.5), 1).item() == 18.0
+
+
+def test_roi_pool_outside_and_empty_bins_are_zero():
+    assert torch.count_nonzero(roi_pool(arange_map() + 1, box(10, 10, 12, 12), 2)) == 0
+    # partly outside: bins past the map's edge are empty -> 0, the others take their max
+    out = roi_pool(arange_map() + 1, box(3, 3, 8, 8), 2)[0, 0]  # 6 pixels 3..8, bins [3, 6) (clipped to 5) and [6, 9)
+    assert torch.equal(out, torch.tensor([[25.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+
+
+def test_roi_pool_multiple_images_and_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, 0.7, 4.2, 5.1], [1, -1.5, 2.0, 3.0, 9.0], [1, 2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, (3, 2)), (x,))
+    as_list = roi_pool(x, [rois[:1, 1:], rois[1:, 1:]], (3, 2))
+    assert torch.equal(as_list, roi_pool(x, rois, (3, 2)))
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="input"):
+        roi_align(torch.zeros(3, 5, 5), torch.zeros(1, 5), 2)
+    with pytest.raises(ValueError, match=r"boxes\[1\]"):
+        roi_pool(torch.zeros(1, 1, 5, 5), [torch.zeros(1, 4), torch.zeros(1, 5)], 2)
+    with pytest.raises(ValueError, match="K, 5"):
+        roi_align(torch.zeros(1, 1, 5, 5), torch.zeros(1, 4), 2)
+
+
+# ------------------------------------------------------------------------------------------------ levels
+def test_assign_levels():
+    sides = torch.tensor([224.0, 112.0, 448.0, 111.9, 8.0, 5000.0])
+    boxes = torch.stack((torch.zeros(6), torch.zeros(6), sides, sides), dim=1)
+    # levels 4, 3, 5, 2 (just under 112), 2 (clamped up), 5 (clamped down); counted from k_min = 2
+    assert assign_levels(boxes, 2, 5).tolist() == [2, 1, 3, 0, 0, 3]
+    assert assign_levels(boxes, 3, 4).tolist() == [1, 0, 1, 0, 0, 1]
+
+
+def test_multiscale_pools_each_roi_from_its_level():
+    torch.manual_seed(0)
+    feats = {f"p{k}": torch.randn(2, 4, 256 // 2**k, 192 // 2**k) for k in (2, 3, 4, 5)}
+    boxes = [torch.tensor([[0.0, 0, 20, 20], [0, 0, 240, 230]]), torch.tensor([[10.0, 20, 130, 140]])]
+    pooler = MultiScaleRoIAlign(list(feats), 7, 2)
+    out = pooler(feats, boxes, [(256, 192), (200, 180)])
+    # 20 px -> level 2 (scale 1/4); sqrt(240 * 230) = 235 -> level 4 (1/16); 120 px -> level 3 (1/8)
+    assert torch.allclose(out[0], roi_align(feats["p2"], [boxes[0][:1]], 7, 1 / 4, 2)[0])
+    assert torch.allclose(out[1], roi_align(feats["p4"], [boxes[0][1:]], 7, 1 / 16, 2)[0])
+    assert torch.allclose(out[2], roi_align(feats["p3"], [torch.zeros(0, 4), boxes[1]], 7, 1 / 8, 2)[0])
+    pooled = MultiScaleRoIAlign(list(feats), 7, 2, pool="pool")(feats, boxes, [(256, 192), (200, 180)])
+    assert torch.equal(pooled[0], roi_pool(feats["p2"], [boxes[0][:1]], 7, 1 / 4)[0])
+    with pytest.raises(ValueError, match="p6"):
+        MultiScaleRoIAlign(["p6"], 7, 2)(feats, boxes, [(256, 192)])
+
+
+# ------------------------------------------------------------------------------------------------ torchvision
+def random_rois(generator, num, batch, height, width, scale):
+    xy = torch.rand(num, 2, generator=generator, dtype=torch.float64) * torch.tensor([width, height]) / scale * 1.2 - 3
+    wh = torch.rand(num, 2, generator=generator, dtype=torch.float64) * torch.tensor([width, height]) / scale * 0.8
+    index = torch.randint(0, batch, (num, 1), generator=generator).to(torch.float64)
+    return torch.cat((index, xy, xy + wh), dim=1)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roi_align_equals_torchvision(aligned, sampling_ratio, dtype):
+    ops = pytest.importorskip("torchvision.ops")
+    g = torch.Generator().manual_seed(sampling_ratio + 10 * aligned)
+    x = torch.randn(3, 5, 13, 17, generator=g, dtype=dtype, requires_grad=True)
+    rois = random_rois(g, 40, 3, 13, 17, 0.5).to(dtype)
+    rois[0, 3:] = rois[0, 1:3]  # a zero-size box
+    grad = torch.randn(40, 5, 7, 6, generator=g, dtype=dtype)
+    ours = roi_align(x, rois, (7, 6), 0.5, sampling_ratio, aligned)
+    (ours_grad,) = torch.autograd.grad(ours, x, grad)
+    ref = ops.roi_align(x, rois, (7, 6), 0.5, sampling_ratio, aligned)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-5, rtol=0)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_roi_pool_equals_torchvision(scale):
+    ops = pytest.importorskip("torchvision.ops")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 11, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(g, 30, 2, 11, 9, scale)
+    grad = torch.randn(30, 4, 5, 3, generator=g, dtype=torch.float64)
+    ours = roi_pool(x, rois, (5, 3), scale)
+    (ours_grad,) = torch.autograd.grad(ours, x, grad)
+    ref = ops.roi_pool(x, rois, (5, 3), scale)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-5, rtol=0)
+
+
+@pytest.mark.reference
+def test_multiscale_equals_torchvision():
+    ops = pytest.importorskip("torchvision.ops")
+    g = torch.Generator().manual_seed(2)
+    feats = {f"p{k}": torch.randn(2, 4, 256 // 2**k, 192 // 2**k, generator=g) for k in (2, 3, 4, 5)}
+    boxes = [random_rois(g, 25, 1, 256, 192, 1.0)[:, 1:].float(), random_rois(g, 15, 1, 200, 180, 1.0)[:, 1:].float()]
+    sizes = [(256, 192), (200, 180)]
+    ours = MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, sizes)
+    ref = ops.MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, sizes)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
