@@ -144,10 +144,13 @@ def draw_stage(ax, stages: dict, stage: str, class_names, original_image=None, m
     ax.imshow(image_to_numpy(image), interpolation="nearest")
     if stage == "anchors":
         anchors = stages["anchors"][level]
-        step = max(len(anchors) // max_boxes, 1)
-        for box in _numpy(anchors[::step]):
-            _box(ax, box, "cyan", lw=0.5, alpha=0.6)
-        title = f"anchors, level {level}: {len(anchors)} (every {step}th drawn)"
+        cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+        xs, ys = cx.unique(), cy.unique()
+        xs, ys = xs[len(xs) // 8::max(len(xs) // 4, 1)], ys[len(ys) // 8::max(len(ys) // 4, 1)]  # ~4 x 4 locations
+        shown = anchors[torch.isin(cx, xs) & torch.isin(cy, ys)]
+        for box in _numpy(shown):
+            _box(ax, box, "cyan", lw=0.7, alpha=0.8)
+        title = f"anchors, level {level}: {len(anchors)} ({len(shown)} at {len(xs) * len(ys)} locations drawn)"
     elif stage == "rpn targets":
         anchors, labels = torch.cat(stages["anchors"]), stages["anchor_labels"]
         for box in _numpy(anchors[labels == 1]):
