@@ -18,6 +18,11 @@ noisy; the speed-up is torchvision's time / ours, same run):
   (a)   22196 / 51320 ms       2190 / 11820 ms             0.10x / 0.23x            1055 / 409 MiB
   (b)    2486 /  6303 ms       1314 /  3757 ms             0.53x / 0.60x             589 / 206 MiB
   (m)     973 /  2389 ms        551 /  2152 ms             0.57x / 0.90x             517 / 206 MiB
+Second run, 02:38 UTC, `--repeats 3 --loads ab`, load average about 2 to 5:
+  (a)   14772 / 29561 ms       1033 /  4983 ms             0.07x / 0.17x            1058 / 410 MiB
+  (b)    2099 /  5250 ms        924 /  2922 ms             0.44x / 0.56x             586 / 206 MiB
+Profile of (a)'s forward (1024 RoIs): index_select (gathering each RoI's window, on a 32 x 32 map nearly the whole
+map per RoI) 28 %, bmm 17 %, building the one-hot weight matrices about 25 %.
 The targets (2x faster on (a), not slower on (b)) are NOT met: the separable window formulation does
 R * ph * Sy * Sx * C multiply-adds (every pixel of each RoI's window), more than torchvision's 4 corners x samples
 per bin when windows are large relative to the 7 x 7 x 2 x 2 samples, as in (a). Peak extra memory for (b) is
