@@ -393,3 +393,38 @@ class MultiScaleRoIAlign(nn.Module):
             if len(idx):
                 out = out.index_put((idx,), self._pool_level(feature, rois[idx], scale))
         return out
+
+
+# ---------------------------------------------------------------------------------------------- for the pictures
+def roi_pool_bins(box: Tensor, output_size, spatial_scale: float = 1.0, feature_size=(10**9, 10**9)):
+    """RoIPool's quantised bins of one box: box Tensor[4] (x1, y1, x2, y2) -> (rows [ph, 2], cols [pw, 2]) int64,
+    each bin covering feature pixels [start, end) along its axis (clipped to feature_size (H, W)).
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb (drawn by minimaskrcnn.viz.roi).
+    """
+    ph, pw = _pair(output_size)
+    x1, y1, x2, y2 = (_round_half_away(box[k:k + 1].double() * spatial_scale).to(torch.int64) for k in range(4))
+    rows = torch.stack(_pool_bins(y1, y2, ph, feature_size[0]), dim=-1)[0]  # (1, ph, 2) -> (ph, 2)
+    cols = torch.stack(_pool_bins(x1, x2, pw, feature_size[1]), dim=-1)[0]
+    return rows, cols
+
+
+def roi_align_sample_points(box: Tensor, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, feature_size=(10**9, 10**9)):
+    """RoIAlign's sample positions of one box: -> (ys [ph, G], xs [pw, G], valid_y, valid_x bool) in feature pixels
+    (before border clamping; a sample counts when both its valid_y and valid_x are True).
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb (drawn by minimaskrcnn.viz.roi).
+    """
+    ph, pw = _pair(output_size)
+    offset = 0.5 if aligned else 0.0
+    b = box.double()[None] * spatial_scale - offset  # (4,) -> (1, 4)
+    out = []
+    for start, end, bins, size in ((b[:, 1], b[:, 3], ph, feature_size[0]), (b[:, 0], b[:, 2], pw, feature_size[1])):
+        length = end - start if aligned else (end - start).clamp(min=1.0)
+        grid = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil(float(length / bins))), 0)
+        k = torch.arange(bins, dtype=torch.float64)[:, None]
+        s = torch.arange(grid, dtype=torch.float64)[None, :]
+        pos = start + k * (length / bins) + (s + 0.5) * (length / bins) / max(grid, 1)  # (bins, G)
+        out.append((pos, (pos >= -1) & (pos <= size)))
+    (ys, vy), (xs, vx) = out
+    return ys, xs, vy, vx

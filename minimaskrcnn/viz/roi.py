@@ -1,0 +1,40 @@
+"""Pictures of RoIPool and RoIAlign: a box on a feature grid, RoIPool's quantised bins, RoIAlign's sample points.
+
+Built in notebooks/06_roialign_vs_roipool.ipynb.
+"""
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+
+from minimaskrcnn.roi_ops import roi_align_sample_points, roi_pool_bins
+
+
+def draw_roi_sampling(box, feature_size, output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=False, fig=None):
+    """Two panels over the same feature grid (pixel k covers [k, k+1) in RoIPool's view, centre k in RoIAlign's):
+    left RoIPool's bins (rounded to whole pixels), right RoIAlign's exact box, bins and sample points.
+    box: Tensor[4] (x1, y1, x2, y2) in image coordinates; feature_size: (H, W). Returns the figure."""
+    fig = fig or plt.figure(figsize=(9, 4.5))
+    h, w = feature_size
+    ax_pool, ax_align = fig.subplots(1, 2)
+    rows, cols = roi_pool_bins(box, output_size, spatial_scale, feature_size)
+    for (r0, r1) in rows.tolist():
+        for (c0, c1) in cols.tolist():
+            ax_pool.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=True, alpha=0.25, ec="tab:red", lw=2))
+    ys, xs, vy, vx = roi_align_sample_points(box, output_size, spatial_scale, sampling_ratio, aligned, feature_size)
+    shift = 0.5  # draw RoIAlign in the same picture: value of pixel k sits at its centre k + 0.5
+    x1, y1, x2, y2 = (float(v) * spatial_scale - (0.5 if aligned else 0.0) for v in box)
+    ax_align.add_patch(Rectangle((x1 + shift, y1 + shift), x2 - x1, y2 - y1, fill=False, ec="tab:blue", lw=2))
+    yy, xx = ys.flatten(), xs.flatten()
+    for y, ok_y in zip(yy.tolist(), vy.flatten().tolist()):
+        for x, ok_x in zip(xx.tolist(), vx.flatten().tolist()):
+            ax_align.plot(x + shift, y + shift, "o", color="tab:blue" if ok_y and ok_x else "lightgray", ms=4)
+    ax_pool.set_title(f"RoIPool: {len(rows)}x{len(cols)} quantised bins")
+    ax_align.set_title(f"RoIAlign: samples (aligned={aligned}, sampling={sampling_ratio})")
+    for ax in (ax_pool, ax_align):
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_xticks(range(w + 1))
+        ax.set_yticks(range(h + 1))
+        ax.grid(True, color="0.8")
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=6)
+    return fig
