@@ -24,7 +24,7 @@ from minimaskrcnn.evaluation import format_metrics, predictions_to_coco
 
 # Training schedule of each preset when the command line does not say (tuned for `make train` on a 2-core CPU).
 PRESET_TRAINING = {
-    "tiny": {"steps": 400, "batch_size": 4, "lr": 0.02, "warmup_steps": 50, "num_train": 400, "num_val": 100,
+    "tiny": {"steps": 2000, "batch_size": 4, "lr": 0.02, "warmup_steps": 100, "num_train": 400, "num_val": 100,
              "image_size": 128,
              # fewer proposals and sampled RoIs than the preset: shapes images hold ~3.5 objects, and NMS and the
              # RoI heads take a large share of a CPU step
