@@ -28,7 +28,8 @@ def mask_targets(gt_masks: Tensor, rois: Tensor, matched_idxs: Tensor, resolutio
     """
     rois_with_index = torch.cat((matched_idxs.to(rois)[:, None], rois), dim=1)  # (P, 4) -> (P, 5)
     masks = gt_masks[:, None].to(rois)  # (G, H, W) -> (G, 1, H, W)
-    return roi_align(masks, rois_with_index, (resolution, resolution), 1.0)[:, 0]  # (P, 1, M, M) -> (P, M, M)
+    with torch.autocast(device_type=rois.device.type, enabled=False):  # targets in full precision under AMP
+        return roi_align(masks, rois_with_index, (resolution, resolution), 1.0)[:, 0]  # (P, 1, M, M) -> (P, M, M)
 
 
 def expand_boxes(boxes: Tensor, scale: float) -> Tensor:

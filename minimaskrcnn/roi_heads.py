@@ -234,6 +234,22 @@ def mask_probabilities(mask_logits: Tensor, labels: list[Tensor]) -> list[Tensor
     return list(probs.split([len(lab) for lab in labels]))
 
 
+def pool_outside_autocast(pool, features: dict, rois: list[Tensor], image_sizes: list) -> Tensor:
+    """pool(features, rois, image_sizes) in float32 with autocast off, the result in the features' dtype.
+
+    Under mixed precision (CUDA autocast) the FPN maps arrive in bf16/fp16; RoI pooling then runs on float32 copies,
+    as torchvision's roi_align does under autocast (bilinear weights and sums keep full precision, and the pooling
+    code needs no dtype handling of its own). Without autocast and in float32/float64 it is plain pool(...).
+    """
+    half = {k: v.dtype for k, v in features.items() if v.dtype in (torch.float16, torch.bfloat16)}
+    if not half:
+        return pool(features, rois, image_sizes)
+    device_type = next(iter(features.values())).device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        pooled = pool({k: v.float() for k, v in features.items()}, [r.float() for r in rois], image_sizes)
+    return pooled.to(next(iter(half.values())))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The module that ties them together
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,11 +289,11 @@ class RoIHeads(nn.Module):
 
     def box_forward(self, features: dict, rois: list[Tensor], image_sizes: list) -> tuple[Tensor, Tensor]:
         """Pool, box head, predictor: -> (class_logits Tensor[R, K+1], box_regression Tensor[R, (K+1)*4])."""
-        return self.box_predictor(self.box_head(self.box_roi_pool(features, rois, image_sizes)))
+        return self.box_predictor(self.box_head(pool_outside_autocast(self.box_roi_pool, features, rois, image_sizes)))
 
     def mask_forward(self, features: dict, rois: list[Tensor], image_sizes: list) -> Tensor:
         """Pool, mask head, predictor: -> mask_logits Tensor[R, K+1, M, M]."""
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, rois, image_sizes)))
+        return self.mask_predictor(self.mask_head(pool_outside_autocast(self.mask_roi_pool, features, rois, image_sizes)))
 
     def forward(self, features: dict, proposals: list[Tensor], image_sizes: list, targets: list[dict] | None = None):
         if self.training:

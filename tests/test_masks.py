@@ -71,3 +71,16 @@ def test_mask_targets_match_torchvision():
     idx = torch.randint(0, 3, (8,))
     expected = roi_heads.project_masks_on_boxes(gt, rois, idx, 28)
     torch.testing.assert_close(mask_targets(gt, rois, idx, 28), expected)
+
+
+def test_mask_targets_in_float32_under_autocast():
+    masks = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    masks[0, 4:20, 6:18] = 1
+    masks[1, 10:30, 2:12] = 1
+    rois = torch.tensor([[4.0, 2.0, 20.0, 22.0], [0.0, 8.0, 14.0, 31.0], [6.0, 4.0, 18.0, 20.0]])
+    matched = torch.tensor([0, 1, 0])
+    plain = mask_targets(masks, rois, matched, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = mask_targets(masks, rois, matched, 28)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)

@@ -94,6 +94,20 @@ def test_train_mixed_sizes_and_empty_targets():
     assert all(p.grad is not None for p in model.roi_heads.parameters())
 
 
+def test_train_and_eval_under_mixed_precision():
+    """Autocast (bf16) as the engine uses on CUDA, here on the CPU: finite losses, gradients, float32 boxes."""
+    model = small_model()
+    a = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 60.0))])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()([a[0]], [a[1]])
+    assert set(losses) == LOSS_NAMES and all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.roi_heads.parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (out,) = model.eval()([a[0]])
+    assert out["masks"].shape[-2:] == (64, 64) and out["boxes"].shape[1] == 4
+
+
 def test_eval_outputs_at_original_size():
     model = small_model(box_score_thresh=0.0)
     model.eval()

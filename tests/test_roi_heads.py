@@ -11,6 +11,7 @@ from minimaskrcnn.roi_heads import (
     TwoMLPHead,
     assign_targets_to_proposals,
     mask_probabilities,
+    pool_outside_autocast,
     positive_rois,
     postprocess_detections,
     sample_proposals,
@@ -205,3 +206,20 @@ def test_roi_heads_match_torchvision_end_to_end():
         assert set(g) == set(e) and len(g["boxes"]) > 0
         for k in e:
             torch.testing.assert_close(g[k], e[k])
+
+
+def test_pool_outside_autocast_pools_in_float32_and_returns_the_features_dtype():
+    seen = {}
+
+    def pool(features, rois, image_sizes):
+        seen.update(dtypes={k: v.dtype for k, v in features.items()}, autocast=torch.is_autocast_enabled("cpu"))
+        return features["p2"].new_ones(len(rois[0]), 3) * features["p2"].sum()
+
+    features = {"p2": torch.ones(1, 3, 4, 4, dtype=torch.bfloat16)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pool_outside_autocast(pool, features, [GT], [(80, 80)])
+    assert seen == {"dtypes": {"p2": torch.float32}, "autocast": False}
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 3)
+    # float32 / float64 features (no mixed precision) are passed through unchanged
+    out = pool_outside_autocast(pool, {"p2": torch.ones(1, 3, 4, 4, dtype=torch.float64)}, [GT], [(80, 80)])
+    assert seen["dtypes"] == {"p2": torch.float64} and out.dtype == torch.float64
