@@ -9,34 +9,40 @@ Shape glossary
     R          RoIs (regions of interest) over the whole batch
     ph, pw     output size (pooled height and width), e.g. 7 x 7 (box head) or 14 x 14 (mask head)
     G          samples per bin along one axis (sampling_ratio, or adaptive ceil(roi size / output size))
-    Sy, Sx     height and width of the feature window a chunk of RoIs reads
+    T          taps of one bin: the 4 G^2 (pixel, weight) pairs its samples read
 Boxes are absolute (x1, y1, x2, y2) floats in image coordinates; `spatial_scale` maps them onto the feature map.
 
 Same signatures and semantics as torchvision.ops.roi_pool / roi_align, so one can swap for the other.
 
-How RoIAlign is computed here. Bilinear interpolation is separable: the value sampled at (y, x) is
-sum_h sum_w a_y(h) a_x(w) F[h, w] with a_y, a_x two-tap weight vectors (the border rules too: a sample outside
-the map is zero when y or x is outside, a product of two per-axis flags). Averaging the G x G samples of a bin
-keeps it separable, so for one RoI the whole output is two small matrix products
+How RoIAlign is computed here. Every output bin is a fixed weighted sum of feature pixels: G x G bilinear samples,
+each reading its 4 neighbouring pixels, averaged. Bilinear weights are separable, so a bin's (pixel, weight) pairs --
+its "taps", T = 4 G^2 of them -- are every pair of one of its 2G row taps and one of its 2G column taps (weight = row
+weight x column weight; a sample whose y or x falls outside the map weighs 0, as in the reference's border rules).
+With the features laid out channels-last as a table of N*H*W pixel rows of C values, the forward pass is one weighted
+gather-sum per bin over that table (`F.embedding_bag`, vectorised over channels):
 
-    out[c] = Wy @ F[c] @ Wx^T,    Wy: (ph, H) the bins' averaged row weights, Wx: (pw, W) the column weights.
+    out[r, bin, :] = sum_t weight[r, bin, t] * features[pixel[r, bin, t], :]
 
-Each RoI only touches a window of rows and columns, so we gather that window (Sy x Sx) rather than the whole
-map, sort RoIs by window size and go through them in chunks that fit a memory budget. The backward pass is the
-transpose (Wy^T @ grad @ Wx) added into the window; nothing of size R x C x samples x 4 corners is ever stored:
-the backward only keeps the RoIs and recomputes the small weight matrices.
+and the backward pass is its transpose: the same taps grouped by pixel (a sort), each pixel summing weight x the
+gradient of the bins it fed -- again a weighted gather-sum, with no scattered atomic adds. This is exactly the work of
+torchvision's kernel (4 corners x G^2 samples per bin and channel), done by vectorised library code. Memory: the taps
+hold R x ph x pw x 4 G^2 indices and weights (no channel factor), built for chunks of RoIs that fit _CHUNK_TAPS and
+rebuilt in the backward pass instead of being kept.
 """
 import math
 from typing import Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minimaskrcnn.boxes import box_area
 
 BoxesArg = Union[Tensor, Sequence[Tensor]]
 
-# Largest number of floats a chunk's gathered feature window may hold (64 MiB in float32).
+# Largest number of taps (pixel index + weight) one chunk of RoIs builds at once for RoIAlign (about 100 MiB).
+_CHUNK_TAPS = 8 * 2**20
+# Largest number of floats a chunk of RoIPool's gathered bins may hold (64 MiB in float32).
 _CHUNK_FLOATS = 16 * 2**20
 
 
@@ -109,95 +115,95 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
 
 
 class _AlignPlan:
-    """Everything RoIAlign needs besides the features: per-axis taps, each RoI's window, the chunks."""
+    """Which RoIs go together through the taps: chunks of RoIs whose taps fit _CHUNK_TAPS.
+
+    With a fixed sampling_ratio every RoI has the same number of taps; with adaptive sampling, RoIs are sorted by
+    their grid so that a chunk pads its RoIs to a grid close to their own.
+    """
 
     def __init__(self, rois: Tensor, shape, output_size, spatial_scale, sampling_ratio, aligned):
         n, c, self.height, self.width = shape
         self.ph, self.pw = output_size
+        self.sampling_ratio, self.aligned = sampling_ratio, aligned
         self.batch = rois[:, 0].to(torch.int64)
         offset = 0.5 if aligned else 0.0
-        x1, y1, x2, y2 = (rois[:, k] * spatial_scale - offset for k in range(1, 5))
-        self.y = _axis_samples(y1, y2, self.ph, self.height, sampling_ratio, aligned)
-        self.x = _axis_samples(x1, x2, self.pw, self.width, sampling_ratio, aligned)
-        # each RoI's window: the rows/columns its valid taps touch (row 0 when it has none)
-        self.y_lo, self.y_len = self._window(self.y)
-        self.x_lo, self.x_len = self._window(self.x)
-        area = self.y_len * self.x_len
-        self.order = torch.argsort(area, stable=True)
-        side = torch.maximum(self.y_len, self.x_len)[self.order].cpu()  # bounds both window sides of every RoI
-        self.chunks = []  # list of (start, stop) into self.order, each fitting _CHUNK_FLOATS
-        start, r = 0, len(self.order)
+        self.edges = rois[:, 1:] * spatial_scale - offset  # (R, 4) x1, y1, x2, y2 on the feature map
+        if sampling_ratio > 0:
+            side = torch.full((len(rois),), sampling_ratio, dtype=torch.int64)
+        else:  # adaptive: ceil(bin size) samples per bin side, as _axis_samples computes it
+            size = self.edges[:, 2:] - self.edges[:, :2]
+            if not aligned:
+                size = size.clamp(min=1.0)
+            side = torch.ceil(size / size.new_tensor([self.pw, self.ph])).amax(1).clamp(min=1).to(torch.int64).cpu()
+        self.order = torch.argsort(side, stable=True).to(rois.device)
+        self.in_order = sampling_ratio > 0  # equal grids: the order is the identity, chunks are slices
+        side = side[self.order.cpu()]
+        per_roi = 4 * self.ph * self.pw  # taps of one RoI per sample: ph * pw bins x 4 corners
+        self.chunks = []  # (start, stop) into self.order
+        start, r = 0, len(rois)
         while start < r:
-            cost = torch.arange(1, r - start + 1) * side[start:] ** 2 * c  # increasing in the chunk's end
-            stop = start + max(int(torch.searchsorted(cost, torch.tensor(_CHUNK_FLOATS), right=True)), 1)
+            cost = torch.arange(1, r - start + 1) * side[start:] ** 2 * per_roi  # increasing in the chunk's end
+            stop = start + max(int(torch.searchsorted(cost, torch.tensor(_CHUNK_TAPS), right=True)), 1)
             self.chunks.append((start, stop))
             start = stop
 
-    @staticmethod
-    def _window(taps):
-        low, high, _, _, valid, _ = taps
-        big = torch.iinfo(torch.int64).max
-        lo = torch.where(valid, low, big).flatten(1).amin(1) if low.numel() else low.new_zeros(len(low))
-        hi = torch.where(valid, high, -1).flatten(1).amax(1) if low.numel() else low.new_zeros(len(low))
-        empty = hi < 0
-        lo = torch.where(empty, 0, lo)
-        hi = torch.where(empty, 0, hi)
-        return lo, hi - lo + 1
-
-    def chunk(self, start: int, stop: int):
-        """-> (rois idx [Rc], window gather index [Rc, Sy, Sx] into (N*H*W), Wy [Rc, ph, Sy], Wx [Rc, pw, Sx])."""
+    def taps(self, start: int, stop: int):
+        """-> (which RoIs: a slice or int64 [Rc], pixel: int64 [Rc*ph*pw, T] flat (n, h, w) index,
+        weight: [Rc*ph*pw, T]), T = 4 G^2 taps per bin."""
         idx = self.order[start:stop]
-        sy = min(int(self.y_len[idx].max()), self.height)
-        sx = min(int(self.x_len[idx].max()), self.width)
-        y0 = self.y_lo[idx].clamp(max=self.height - sy)  # window [y0, y0 + sy) stays in the map
-        x0 = self.x_lo[idx].clamp(max=self.width - sx)
-        wy = self._weights(self.y, idx, y0, sy)
-        wx = self._weights(self.x, idx, x0, sx)
-        rows = self.batch[idx, None] * self.height + y0[:, None] + torch.arange(sy, device=y0.device)  # (Rc, Sy)
-        cols = x0[:, None] + torch.arange(sx, device=x0.device)  # (Rc, Sx)
-        gather = rows[:, :, None] * self.width + cols[:, None, :]  # (Rc, Sy, Sx) flat (n, h, w) index
-        return idx, gather, wy, wx
+        which = slice(start, stop) if self.in_order else idx
+        x1, y1, x2, y2 = self.edges[idx].unbind(1)
+        row, wy = self._axis(y1, y2, self.ph, self.height)  # (Rc, ph, 2G)
+        col, wx = self._axis(x1, x2, self.pw, self.width)  # (Rc, pw, 2G)
+        rc = len(idx)
+        # a bin's taps: every (row tap, column tap) pair, (Rc, ph, 1, 2G, 1) x (Rc, 1, pw, 1, 2G) -> (Rc, ph, pw, 2G, 2G)
+        image_row = self.batch[idx, None, None, None, None] * self.height + row[:, :, None, :, None]
+        pixel = image_row * self.width + col[:, None, :, None, :]
+        weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
+        t = pixel.shape[-2] * pixel.shape[-1]
+        return which, pixel.reshape(rc * self.ph * self.pw, t), weight.reshape(rc * self.ph * self.pw, t)
 
-    @staticmethod
-    def _weights(taps, idx, origin, size):
-        low, high, w_low, w_high, valid, _ = (t[idx] for t in taps)
-        origin = origin[:, None, None]
-        low = torch.where(valid, low - origin, 0)  # taps of invalid samples carry weight 0; park them at 0
-        high = torch.where(valid, high - origin, 0)
-        cells = torch.arange(size, device=low.device)
-        # (Rc, bins, G) taps -> (Rc, bins, G, size) one-hot -> (Rc, bins, size) averaged weights
-        weights = (low[..., None] == cells) * w_low[..., None] + (high[..., None] == cells) * w_high[..., None]
-        return weights.sum(2)
+    def _axis(self, start, end, bins, size):
+        low, high, w_low, w_high, _, _ = _axis_samples(start, end, bins, size, self.sampling_ratio, self.aligned)
+        # each sample reads two neighbours: (Rc, bins, G) x 2 -> (Rc, bins, G, 2) -> (Rc, bins, 2G)
+        return torch.stack((low, high), -1).flatten(2), torch.stack((w_low, w_high), -1).flatten(2)
 
 
 def _align_forward(features_nhwc: Tensor, plan: _AlignPlan, num_rois: int) -> Tensor:
-    """features_nhwc: Tensor[N*H*W, C] -> Tensor[R, C, ph, pw]."""
+    """features_nhwc: Tensor[N*H*W, C] -> Tensor[R, ph*pw, C]: each bin the weighted sum of its taps' pixels."""
     c = features_nhwc.shape[1]
-    out = features_nhwc.new_empty((num_rois, c, plan.ph, plan.pw))
+    parts = []
     for start, stop in plan.chunks:
-        idx, gather, wy, wx = plan.chunk(start, stop)
-        rc, sy, sx = gather.shape
-        window = features_nhwc.index_select(0, gather.flatten()).view(rc, sy, sx * c)  # (Rc*Sy*Sx, C) -> (Rc, Sy, Sx*C)
-        rows = torch.bmm(wy, window).view(rc * plan.ph, sx, c)  # (Rc, ph, Sx*C) -> (Rc*ph, Sx, C)
-        wx_rep = wx.repeat_interleave(plan.ph, dim=0)  # (Rc, pw, Sx) -> (Rc*ph, pw, Sx)
-        pooled = torch.bmm(wx_rep, rows).view(rc, plan.ph, plan.pw, c)  # (Rc*ph, pw, C) -> (Rc, ph, pw, C)
-        out[idx] = pooled.permute(0, 3, 1, 2)  # (Rc, ph, pw, C) -> (Rc, C, ph, pw)
+        which, pixel, weight = plan.taps(start, stop)
+        # a weighted gather-sum over rows of the channels-last map: (Rc*ph*pw, T) taps -> (Rc*ph*pw, C)
+        bins = F.embedding_bag(pixel, features_nhwc, per_sample_weights=weight, mode="sum")
+        parts.append((which, bins.view(stop - start, plan.ph * plan.pw, c)))
+    if plan.in_order and len(parts) == 1:
+        return parts[0][1]
+    out = features_nhwc.new_empty((num_rois, plan.ph * plan.pw, c))
+    for which, bins in parts:
+        out[which] = bins
     return out
 
 
-def _align_backward(grad_out: Tensor, plan: _AlignPlan, shape) -> Tensor:
-    """grad_out: Tensor[R, C, ph, pw] -> grad of the features, Tensor[N, C, H, W] (the transpose of the forward)."""
-    n, c, h, w = shape
-    grad = grad_out.new_zeros((n * h * w, c))
+def _align_backward(grad_out: Tensor, plan: _AlignPlan, num_pixels: int) -> Tensor:
+    """grad_out: Tensor[R, ph*pw, C] -> Tensor[N*H*W, C]: every pixel collects weight x gradient of the bins it fed.
+
+    The transpose of the forward: the same (pixel, weight) taps, grouped by pixel instead of by bin (a sort), summed
+    with the same weighted gather-sum.
+    """
+    c = grad_out.shape[2]
+    grad = grad_out.new_zeros((num_pixels, c))
     for start, stop in plan.chunks:
-        idx, gather, wy, wx = plan.chunk(start, stop)
-        rc, sy, sx = gather.shape
-        g = grad_out[idx].permute(0, 2, 3, 1).reshape(rc * plan.ph, plan.pw, c)  # (Rc, C, ph, pw) -> (Rc*ph, pw, C)
-        wx_rep = wx.repeat_interleave(plan.ph, dim=0)
-        g_rows = torch.bmm(wx_rep.transpose(1, 2), g).view(rc, plan.ph, sx * c)  # (Rc*ph, Sx, C) -> (Rc, ph, Sx*C)
-        g_window = torch.bmm(wy.transpose(1, 2), g_rows)  # (Rc, Sy, Sx*C)
-        grad.index_add_(0, gather.flatten(), g_window.view(rc * sy * sx, c))
-    return grad.view(n, h, w, c).permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        which, pixel, weight = plan.taps(start, stop)
+        g = grad_out[which].reshape(-1, c)  # (Rc, ph*pw, C) -> (Rc*ph*pw, C)
+        t = pixel.shape[1]
+        key = pixel.flatten().to(torch.int32 if num_pixels < 2**31 else torch.int64)
+        _, order = torch.sort(key, stable=True)  # taps grouped by pixel, in bin order inside a pixel
+        counts = torch.bincount(key, minlength=num_pixels)
+        offsets = torch.cumsum(counts, 0) - counts  # first tap of each pixel (empty pixels get an empty bag)
+        grad += F.embedding_bag(order // t, g, offsets, per_sample_weights=weight.flatten()[order], mode="sum")
+    return grad
 
 
 class _RoIAlign(torch.autograd.Function):
@@ -207,12 +213,16 @@ class _RoIAlign(torch.autograd.Function):
         n, c, h, w = input.shape
         features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N, C, H, W) -> (N*H*W, C)
         ctx.plan, ctx.shape = plan, input.shape
-        return _align_forward(features, plan, len(rois))
+        out = _align_forward(features, plan, len(rois))
+        return out.view(len(rois), plan.ph, plan.pw, c).permute(0, 3, 1, 2).contiguous()  # -> (R, C, ph, pw)
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad = _align_backward(grad_out.contiguous(), ctx.plan, ctx.shape)
-        return grad, None, None, None, None, None
+        n, c, h, w = ctx.shape
+        bins = ctx.plan.ph * ctx.plan.pw
+        g = grad_out.permute(0, 2, 3, 1).reshape(len(grad_out), bins, c).contiguous()  # (R, C, ph, pw) -> (R, ph*pw, C)
+        grad = _align_backward(g, ctx.plan, n * h * w)
+        return grad.view(n, h, w, c).permute(0, 3, 1, 2), None, None, None, None, None  # -> (N, C, H, W)
 
 
 def roi_align(
@@ -234,6 +244,8 @@ def roi_align(
     Built in notebooks/06_roialign_vs_roipool.ipynb.
     """
     _check_input(input, "roi_align")
+    if input.dtype in (torch.float16, torch.bfloat16):  # sums of many taps: accumulate in float32 (as under autocast)
+        return roi_align(input.float(), boxes, output_size, spatial_scale, sampling_ratio, aligned).to(input.dtype)
     rois = convert_boxes_to_rois(boxes, input).detach()
     return _RoIAlign.apply(input, rois, _pair(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
 

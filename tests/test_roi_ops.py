@@ -80,8 +80,38 @@ def test_roi_align_spatial_scale():
 
 
 def test_roi_align_no_rois():
-    out = roi_align(torch.randn(2, 3, 5, 5), torch.zeros(0, 5), 7)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    out = roi_align(x, torch.zeros(0, 5), 7)
     assert out.shape == (0, 3, 7, 7)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_roi_align_chunks_give_the_same_values_and_gradients(monkeypatch, sampling_ratio):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 12, 15, dtype=torch.float64, requires_grad=True)
+    xy = torch.rand(40, 2, dtype=torch.float64) * 10
+    wh = torch.rand(40, 2, dtype=torch.float64) * torch.linspace(0.5, 14, 40, dtype=torch.float64)[:, None]
+    rois = torch.cat((torch.randint(0, 3, (40, 1)).double(), xy - 1, xy + wh), dim=1)
+    results = []
+    for budget in (2**30, 1000):  # one chunk, then many (with adaptive sampling: RoIs regrouped by grid)
+        monkeypatch.setattr("minimaskrcnn.roi_ops._CHUNK_TAPS", budget)
+        x.grad = None
+        out = roi_align(x, rois, (3, 4), 0.9, sampling_ratio, True)
+        out.backward(torch.arange(out.numel(), dtype=torch.float64).view_as(out))
+        results.append((out.detach(), x.grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0]) and torch.allclose(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_roi_align_half_precision_is_computed_in_float32(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 10, 10)
+    rois = torch.tensor([[0, 1.0, 1.5, 7.0, 8.0], [0, 0.0, 0.0, 3.0, 2.0]])
+    out = roi_align(x.to(dtype), rois, 5, 1.0, 2)
+    assert out.dtype == dtype
+    assert torch.allclose(out.float(), roi_align(x.to(dtype).float(), rois, 5, 1.0, 2), atol=1e-2)
 
 
 @pytest.mark.parametrize("aligned", [False, True])
