@@ -30,3 +30,16 @@ def test_geometry_helpers():
 
 def test_explorer_builds():
     assert roi_explorer() is not None
+
+
+def test_ablation_pictures():
+    import matplotlib.pyplot as plt
+
+    from minimaskrcnn.viz.roi import plot_ablation, plot_mask_crops
+
+    fig, ax = plt.subplots()
+    plot_ablation(ax, {"RoIPool": {"AP": 0.3, "AP50": 0.9, "AP75": 0.2}, "RoIAlign": {"AP": 0.4, "AP50": 0.9, "AP75": 0.3}})
+    assert len(ax.patches) == 6  # 2 variants x 3 metrics
+    fig = plot_mask_crops(plt.figure(), {"truth": torch.rand(8, 28, 28), "pred": torch.rand(8, 28, 28)}, max_cols=5)
+    assert len(fig.axes) == 10
+    plt.close("all")

@@ -38,3 +38,32 @@ def draw_roi_sampling(box, feature_size, output_size=2, spatial_scale=1.0, sampl
         ax.set_aspect("equal")
         ax.tick_params(labelsize=6)
     return fig
+
+
+def plot_ablation(ax, results: dict, metrics=("AP", "AP50", "AP75")):
+    """Grouped bars of an ablation: results {variant name: {metric: value}} -> one group per metric, one bar per
+    variant, each labelled with its value. Returns ax."""
+    width = 0.8 / max(len(results), 1)
+    for k, (name, values) in enumerate(results.items()):
+        xs = [m + (k - (len(results) - 1) / 2) * width for m in range(len(metrics))]
+        bars = ax.bar(xs, [values[m] for m in metrics], width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(metrics)), [f"mask {m}" for m in metrics])
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper right", fontsize=8)
+    return ax
+
+
+def plot_mask_crops(fig, rows: dict, max_cols: int = 6):
+    """A grid of masks in the RoI's frame: rows {name: Tensor[P, M, M] in 0..1}, one row per name, one column per
+    RoI (at most max_cols). Returns the figure."""
+    cols = min(max_cols, min(len(v) for v in rows.values()))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for r, (name, masks) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(masks[c].detach().cpu().float().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(name, fontsize=8)
+    return fig
