@@ -11,22 +11,20 @@ Loads (sampling_ratio 2, aligned False, spatial_scale 1/4, random boxes, float32
 Each case runs in a fresh process; time = median of --repeats runs; peak = growth of the process's peak RSS
 during the timed runs (inputs already allocated), so it includes the autograd buffers and the input gradient.
 
-Figures measured 2026-11-23 02:30 UTC, `--repeats 3`, torch 2.15.0+cu132 / torchvision 0.29.2 in .venv-reference,
-2-core CPU shared with ~7 other engineers (load average about 10 during the run: absolute times are inflated and
-noisy; the speed-up is torchvision's time / ours, same run):
+Figures measured 2026-11-23 04:13 UTC, `--repeats 5`, torch 2.15.0+cu132 / torchvision 0.29.2 in .venv-reference,
+2-core CPU with one other single-threaded training job running (load average about 2.2: absolute times inflated;
+the speed-up is torchvision's time / ours, same run). roi_align = taps + embedding_bag (commit 3830a6d):
   load  ours fwd / fwd+bwd     torchvision fwd / fwd+bwd   speed-up fwd / fwd+bwd   peak extra RSS ours / tv
-  (a)   22196 / 51320 ms       2190 / 11820 ms             0.10x / 0.23x            1055 / 409 MiB
-  (b)    2486 /  6303 ms       1314 /  3757 ms             0.53x / 0.60x             589 / 206 MiB
-  (m)     973 /  2389 ms        551 /  2152 ms             0.57x / 0.90x             517 / 206 MiB
-Second run, 02:38 UTC, `--repeats 3 --loads ab`, load average about 2 to 5:
-  (a)   14772 / 29561 ms       1033 /  4983 ms             0.07x / 0.17x            1058 / 410 MiB
-  (b)    2099 /  5250 ms        924 /  2922 ms             0.44x / 0.56x             586 / 206 MiB
-Profile of (a)'s forward (1024 RoIs): index_select (gathering each RoI's window, on a 32 x 32 map nearly the whole
-map per RoI) 28 %, bmm 17 %, building the one-hot weight matrices about 25 %.
-The targets (2x faster on (a), not slower on (b)) are NOT met: the separable window formulation does
-R * ph * Sy * Sx * C multiply-adds (every pixel of each RoI's window), more than torchvision's 4 corners x samples
-per bin when windows are large relative to the 7 x 7 x 2 x 2 samples, as in (a). Peak extra memory for (b) is
-under 1 GiB (589 MiB). Ideas not done: gather only the sampled rows (ph * 2G of them) instead of the whole window.
+  (a)    931 / 2028 ms         1236 / 6537 ms              1.33x / 3.22x            669 / 417 MiB
+  (b)    268 /  943 ms          552 / 1783 ms              2.06x / 1.89x            396 / 206 MiB
+  (m)    233 /  937 ms          351 / 1487 ms              1.51x / 1.59x            402 / 206 MiB
+An earlier run the same hour (load average about 1.4, `--repeats 3`): (a) 3.09x, (b) 1.85x, (m) 1.20x fwd+bwd.
+Targets: forward+backward at least 2x torchvision on (a) -- met (3.2x); not slower on (b) -- met (1.9x); peak extra
+memory on (b) under 1 GiB -- met (396 MiB). The previous implementation (separable windows, before 3830a6d) measured
+0.17-0.23x on (a) and 0.56-0.60x on (b) under heavier load.
+Why it is faster: the same multiply-adds as torchvision's kernel (4 corners x G^2 samples per bin and channel), but
+vectorised over channels on a channels-last table and spread over both cores by embedding_bag; the backward pass is a
+gather-sum over taps sorted by pixel, where torchvision's CPU backward scatters one scalar at a time.
 """
 import argparse
 import multiprocessing as mp
