@@ -93,9 +93,10 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
     bin_size = length / bins  # (R,)
     if sampling_ratio > 0:
         grid = torch.full_like(bin_size, sampling_ratio, dtype=torch.int64)
+        g_max = sampling_ratio  # known without reading the tensor (no host sync on a GPU)
     else:
         grid = torch.ceil(bin_size).to(torch.int64)  # adaptive: about one sample per feature pixel
-    g_max = max(int(grid.max()), 1) if grid.numel() else 1
+        g_max = max(int(grid.max()), 1) if grid.numel() else 1
     gridf = grid.to(start.dtype)[:, None, None]
     b = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
     s = torch.arange(g_max, dtype=start.dtype, device=start.device)[None, None, :]
