@@ -24,13 +24,8 @@ from minimaskrcnn.evaluation import format_metrics, predictions_to_coco
 
 # Training schedule of each preset when the command line does not say (tuned for `make train` on a 2-core CPU).
 PRESET_TRAINING = {
-    "tiny": {"steps": 2000, "batch_size": 4, "lr": 0.02, "warmup_steps": 100, "num_train": 400, "num_val": 100,
-             "image_size": 128,
-             # fewer proposals and sampled RoIs than the preset: shapes images hold ~3.5 objects, and NMS and the
-             # RoI heads take a large share of a CPU step
-             "overrides": {"rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 150,
-                           "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
-                           "box_batch_size_per_image": 64}},
+    "tiny": {"steps": 2000, "batch_size": 4, "lr": 0.01, "warmup_steps": 100, "num_train": 400, "num_val": 100,
+             "image_size": 128, "overrides": {}},  # the model side is PRESETS["tiny"] (minimaskrcnn/model.py)
     "r50_fpn": {"steps": 20000, "batch_size": 8, "lr": 0.02, "warmup_steps": 500, "num_train": 5000, "num_val": 500,
                 "image_size": 256, "overrides": {"backbone_norm": "gn", "trainable_layers": 5, "min_size": 256,
                                                  "max_size": 512}},
