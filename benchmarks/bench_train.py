@@ -26,6 +26,18 @@ Profile of that earlier run (torch.profiler, 3 steps after 3 warm-up steps): our
 the GPU is busy 78 ms of a 142 ms step. Notebook 11's GPU configuration (GroupNorm, 256 px, batch 8, reference
 proposal counts): busy 81 ms of a 434 ms step, with per step about 13,000 kernel launches, 455 nonzero and 550 item
 calls (host syncs), 418 NMS fixed-point rounds (torch.equal) and 2,400 dtype copies (aten::copy_, 16 % of GPU time).
+
+Measured on this project's 2-core CPU, quiet, 2026-11-23 05:12 UTC, `.venv-reference/bin/python
+benchmarks/bench_train.py --steps 10 --warmup 3` (tuned tiny preset of commit fac99c2, 128 px, batch 4, 2 threads,
+torch 2.15.0+cu132, torchvision 0.29.2, roi_ops of commit f67a98a):
+    impl         train img/s  infer img/s  peak MB
+    ours               27.68        18.31      927
+    tv-same            22.71        26.42      899
+    tv-standard         3.01         6.32     1351
+    ours / tv-same: train 1.22x, inference 0.69x;  ours / tv-standard: train 9.21x, inference 2.90x
+The 2x train-step target against tv-same is not reached: a profile of our step (1 thread) puts convolution forward and
+backward at about half of it, and those are the same network in both. In an earlier run the same hour under load with
+1 thread each: ours 14.89 / 7.88 img/s, tv-same 10.82 / 9.03 (train 1.38x, inference 0.87x).
 """
 import argparse
 import json
