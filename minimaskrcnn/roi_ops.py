@@ -85,7 +85,8 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
     """Bilinear taps along one axis for every RoI, bin and sample (torchvision's rules).
 
     start, end: Tensor[R] RoI edges on the feature map (already scaled and shifted) -> (low, high: int64 [R, bins, G],
-    w_low, w_high: [R, bins, G] weights already divided by the samples per bin, valid: bool [R, bins, G], grid: [R]).
+    w_low, w_high: [R, bins, G] weights already divided by the samples per bin; 0 for samples outside the map and
+    for the padding of RoIs with fewer samples than G).
     """
     length = end - start
     if not aligned:
@@ -112,7 +113,7 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
     frac = pos - low.to(pos.dtype)
     scale = valid.to(pos.dtype) / gridf.clamp(min=1)
     zero = torch.zeros_like(frac)  # where(), not a product: a RoI with no samples must give 0, never 0 * nan
-    return low, high, torch.where(valid, (1 - frac) * scale, zero), torch.where(valid, frac * scale, zero), valid, grid
+    return low, high, torch.where(valid, (1 - frac) * scale, zero), torch.where(valid, frac * scale, zero)
 
 
 class _AlignPlan:
@@ -165,7 +166,7 @@ class _AlignPlan:
         return which, pixel.reshape(rc * self.ph * self.pw, t), weight.reshape(rc * self.ph * self.pw, t)
 
     def _axis(self, start, end, bins, size):
-        low, high, w_low, w_high, _, _ = _axis_samples(start, end, bins, size, self.sampling_ratio, self.aligned)
+        low, high, w_low, w_high = _axis_samples(start, end, bins, size, self.sampling_ratio, self.aligned)
         # each sample reads two neighbours: (Rc, bins, G) x 2 -> (Rc, bins, G, 2) -> (Rc, bins, 2G)
         return torch.stack((low, high), -1).flatten(2), torch.stack((w_low, w_high), -1).flatten(2)
 
