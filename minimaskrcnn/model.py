@@ -74,6 +74,7 @@ class MaskRCNNConfig:
     box_roi_size: int = 7  # pooled size S of each RoI for the box head
     mask_roi_size: int = 14  # pooled size for the mask head (its output masks are 2x: 28)
     sampling_ratio: int = 2  # bilinear samples per bin side in RoIAlign (<= 0: adaptive)
+    roi_aligned: bool = False  # RoIAlign's half-pixel shift (False in torchvision's Mask R-CNN and its weights)
     # --- box head
     box_fg_iou_thresh: float = 0.5  # proposals with IoU >= this with a ground-truth box are positives
     box_bg_iou_thresh: float = 0.5  # proposals with IoU < this with every box are backgrounds
@@ -234,10 +235,10 @@ class MaskRCNN(nn.Module):
         )
         levels = ["p2", "p3", "p4", "p5"]
         self.roi_heads = RoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, cfg.sampling_ratio, pool=cfg.roi_op),
+            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op),
             box_head=TwoMLPHead(channels * cfg.box_roi_size**2, cfg.representation_size),
             box_predictor=BoxPredictor(cfg.representation_size, num_classes),
-            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, cfg.sampling_ratio, pool=cfg.roi_op),
+            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op),
             mask_head=MaskHead(channels, cfg.mask_head_layers),
             mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes),
             fg_iou_thresh=cfg.box_fg_iou_thresh,

@@ -251,3 +251,11 @@ def test_golden_losses():
     torch.manual_seed(1)
     losses = {k: round(v.item(), 5) for k, v in model([a[0], b[0]], [a[1], b[1]]).items()}
     assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-3, abs=1e-5), f"new loss values: {losses}"
+
+
+def test_roi_op_and_alignment_reach_both_poolers():
+    model = build_model("tiny", 4, roi_op="pool")
+    assert model.roi_heads.box_roi_pool.pool == model.roi_heads.mask_roi_pool.pool == "pool"
+    model = build_model("tiny", 4, roi_aligned=True)
+    assert model.roi_heads.box_roi_pool.aligned and model.roi_heads.mask_roi_pool.aligned
+    assert not build_model("tiny", 4).roi_heads.box_roi_pool.aligned  # torchvision's default
