@@ -101,6 +101,7 @@ def cmd_train(args) -> int:
     val_set = open_split(splits["val"]) if (splits["val"] / "annotations.json").is_file() else None
     num_classes = len(train_set.class_names)  # background included, as torchvision
     overrides = {**defaults["overrides"], **dict(args.override)}
+    torch.manual_seed(args.seed)  # the initial weights too (every rank the same; DDP broadcasts rank 0's anyway)
     model = build_model(args.preset, num_classes, **overrides)
     cfg = engine.TrainConfig(
         steps=pick("steps"), batch_size=pick("batch_size"), lr=pick("lr"), warmup_steps=pick("warmup_steps"),
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-generate", action="store_true", help="never generate shapes data (use --data as is)")
     t.add_argument("--override", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable, e.g. --override rpn_post_nms_top_n_train=300")
-    t.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and sampling")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order, augmentation and sampling")
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
     t.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps")
     t.add_argument("--log-every", type=int, default=10, help="metrics record every N steps")

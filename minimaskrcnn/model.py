@@ -54,6 +54,8 @@ class MaskRCNNConfig:
     min_size: int = 800  # resize so the short side is min_size ...
     max_size: int = 1333  # ... unless the long side would pass max_size
     size_divisible: int = 32  # pad the batch bottom/right to a multiple of this
+    channels_last: bool = False  # convolution weights and the batch laid out (N, H, W, C) in memory; feature maps
+    #                              keep that layout. Same results up to rounding; faster with oneDNN on a CPU (tiny)
     # --- anchors
     anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))  # pixels, per FPN level
     aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),) * 5  # anchor h / w, per FPN level
@@ -118,6 +120,7 @@ PRESETS: dict[str, MaskRCNNConfig] = {
         detections_per_img=50,
         mask_head_layers=(64, 64, 64, 64),
         mask_dim_reduced=64,
+        channels_last=True,
     ),
 }
 
@@ -250,6 +253,8 @@ class MaskRCNN(nn.Module):
             nms_thresh=cfg.box_nms_thresh,
             detections_per_img=cfg.detections_per_img,
         )
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)  # conv weights (O, I, k, k) stored as (O, k, k, I)
 
     def transform(self, images: list[Tensor], targets: list[dict] | None = None):
         """Normalise, resize and pad: -> (batch Tensor[N, 3, Hp, Wp], image_sizes [(H', W')], resized targets)."""
@@ -262,6 +267,8 @@ class MaskRCNN(nn.Module):
             resized_images.append(image)
             resized_targets.append(target)
         batch, image_sizes = batch_images(resized_images, cfg.size_divisible)
+        if cfg.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)  # same (N, 3, Hp, Wp), strides of (N, Hp, Wp, 3)
         return batch, image_sizes, (None if targets is None else resized_targets)
 
     def postprocess(self, detections: list[dict], image_sizes: list, original_sizes: list) -> list[dict]:

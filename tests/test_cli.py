@@ -2,7 +2,9 @@
 import json
 
 import pytest
+import torch
 
+import minimaskrcnn.model
 from minimaskrcnn.__main__ import main, parse_override
 from minimaskrcnn.engine import CHECKPOINT_NAME, LOSS_PLOT_NAME, load_checkpoint
 
@@ -57,3 +59,22 @@ def test_tiny_train_evaluate_predict(tmp_path, capsys):
     assert {r["image_id"] for r in json.loads((pred / "results.json").read_text())} <= {ids[images[0].name]}
     with pytest.raises(SystemExit, match="neither"):
         main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(pred), str(tmp_path / "nope.png")])
+
+
+def test_seed_sets_the_initial_weights(tmp_path, monkeypatch):
+    class Built(Exception):
+        """Raised right after the model is built: the test needs its initial weights, not a training run."""
+
+    build_model, first_weights = minimaskrcnn.model.build_model, []
+
+    def build_and_stop(*args, **kwargs):
+        first_weights.append(build_model(*args, **kwargs).backbone.body.conv1.weight.detach().clone())
+        raise Built
+
+    monkeypatch.setattr(minimaskrcnn.model, "build_model", build_and_stop)
+    for seed in (0, 0, 1):
+        torch.rand(10)  # whatever ran before moves torch's global generator: the weights must not depend on it
+        with pytest.raises(Built):
+            main(["train", "--data", str(tmp_path / "shapes"), "--out", str(tmp_path / "run"), "--seed", str(seed),
+                  "--num-train", "2", "--num-val", "1", "--image-size", "64", "--device", "cpu", "--no-progress"])
+    assert torch.equal(first_weights[0], first_weights[1]) and not torch.equal(first_weights[0], first_weights[2])

@@ -259,3 +259,28 @@ def test_roi_op_and_alignment_reach_both_poolers():
     model = build_model("tiny", 4, roi_aligned=True)
     assert model.roi_heads.box_roi_pool.aligned and model.roi_heads.mask_roi_pool.aligned
     assert not build_model("tiny", 4).roi_heads.box_roi_pool.aligned  # torchvision's default
+
+
+def test_channels_last_changes_the_layout_not_the_results():
+    a, b = small_model(channels_last=False), small_model(channels_last=True)
+    b.load_state_dict(a.state_dict())  # copied into b's channels-last weights, b keeps its layout
+    conv = b.backbone.body.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    image, target = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 60.0))])
+    batch, _, _ = b.transform([image])
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    losses = []
+    for model in (a, b):
+        torch.manual_seed(1)
+        loss = model.train()([image], [target])
+        sum(loss.values()).backward()
+        losses.append(loss)
+    for name in LOSS_NAMES:
+        assert losses[1][name].item() == pytest.approx(losses[0][name].item(), rel=1e-4, abs=1e-6), name
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-3, atol=1e-5, msg=name)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        da, db = a([image])[0], b([image])[0]
+    assert torch.equal(da["labels"], db["labels"])
+    torch.testing.assert_close(db["boxes"], da["boxes"], rtol=0, atol=1e-3)
