@@ -8,6 +8,7 @@ Each implementation runs in its own subprocess (so peak memory is its own) on th
 torchvision's MaskRCNN is given the preset's image size, anchors, RPN and RoI settings in two variants:
   tv-same      the same network as ours (our backbone + FPN inside torchvision's MaskRCNN, same head widths):
                differences come from the detection code only (transform, RPN, RoI heads, roi_align, NMS);
+  tv-same-nhwc tv-same with its conv weights channels-last (NHWC), as our tiny preset lays them out;
   tv-standard  torchvision's own ResNet-FPN backbone of the same depth and its standard head widths
                (256 FPN channels, 1024 box representation, 256 mask convs), i.e. what you get by default.
 Peak memory: max CUDA allocation on GPU, peak resident set size of the subprocess on CPU.
@@ -27,17 +28,22 @@ the GPU is busy 78 ms of a 142 ms step. Notebook 11's GPU configuration (GroupNo
 proposal counts): busy 81 ms of a 434 ms step, with per step about 13,000 kernel launches, 455 nonzero and 550 item
 calls (host syncs), 418 NMS fixed-point rounds (torch.equal) and 2,400 dtype copies (aten::copy_, 16 % of GPU time).
 
-Measured on this project's 2-core CPU, quiet, 2026-11-23 05:12 UTC, `.venv-reference/bin/python
-benchmarks/bench_train.py --steps 10 --warmup 3` (tuned tiny preset of commit fac99c2, 128 px, batch 4, 2 threads,
-torch 2.15.0+cu132, torchvision 0.29.2, roi_ops of commit f67a98a):
+Measured on this project's 2-core CPU, quiet, 2026-11-23 08:13 UTC, `.venv-reference/bin/python
+benchmarks/bench_train.py --steps 10 --warmup 3` (tiny preset of commit 7d0d5be+, channels-last, at 128 px, batch 4,
+2 threads, torch 2.15.0+cu132, torchvision 0.29.2):
     impl         train img/s  infer img/s  peak MB
-    ours               27.68        18.31      927
-    tv-same            22.71        26.42      899
-    tv-standard         3.01         6.32     1351
-    ours / tv-same: train 1.22x, inference 0.69x;  ours / tv-standard: train 9.21x, inference 2.90x
-The 2x train-step target against tv-same is not reached: a profile of our step (1 thread) puts convolution forward and
-backward at about half of it, and those are the same network in both. In an earlier run the same hour under load with
-1 thread each: ours 14.89 / 7.88 img/s, tv-same 10.82 / 9.03 (train 1.38x, inference 0.87x).
+    ours               26.91        35.24      857
+    tv-same            22.05        17.77      899
+    tv-same-nhwc       21.95        32.03      856
+    tv-standard         3.58         6.31     1358
+    ours / tv-same: train 1.22x, inference 1.98x;  ours / tv-same-nhwc: train 1.23x, inference 1.10x;
+    ours / tv-standard: train 7.51x, inference 5.58x
+The 2x train-step target against tv-same is not reached: a profile of our step (2 threads) puts convolution forward
+and backward at about 60 % of it (about 40 % with channels-last), and those are the same network in both; the rest is
+about 5,300 small ops per step (IoU, NMS rounds, sampling, roi_align's tap tables). Channels-last weights barely move
+the train step (an A/B of our model in one process: 1.05x at 2 threads, 1.14x at 1 thread, medians, noisy) but
+roughly double inference, for torchvision's model too. The earlier run (05:12, before channels-last): ours 27.68 /
+18.31, tv-same 22.71 / 26.42 (train 1.22x, inference 0.69x).
 """
 import argparse
 import json
@@ -77,7 +83,7 @@ def build(impl, preset, num_classes, image_size):
     from torchvision.ops import MultiScaleRoIAlign
 
     cfg = replace(cfg, **size)
-    if impl == "tv-same":
+    if impl in ("tv-same", "tv-same-nhwc"):
         from minimaskrcnn.backbone import build_backbone
 
         backbone = build_backbone(cfg.backbone_depth, cfg.backbone_norm, cfg.trainable_layers, cfg.fpn_channels,
@@ -88,7 +94,7 @@ def build(impl, preset, num_classes, image_size):
                                        trainable_layers=min(cfg.trainable_layers, 5))
         names, rep, mask_layers, mask_dim = ["0", "1", "2", "3"], 1024, (256, 256, 256, 256), 256
     ch = backbone.out_channels
-    return MaskRCNN(
+    model = MaskRCNN(
         backbone, num_classes=None, min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(cfg.image_mean),
         image_std=list(cfg.image_std), rpn_anchor_generator=AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios),
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
@@ -103,6 +109,9 @@ def build(impl, preset, num_classes, image_size):
         mask_roi_pool=MultiScaleRoIAlign(names, cfg.mask_roi_size, cfg.sampling_ratio),
         mask_head=MaskRCNNHeads(ch, list(mask_layers), 1),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_dim, num_classes))
+    if impl == "tv-same-nhwc":  # tv-same with our channels-last layout: how much of the difference is the layout
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def measure(args):
@@ -163,14 +172,14 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA")
-    p.add_argument("--impl", choices=("ours", "tv-same", "tv-standard"), help="measure one in this process")
+    p.add_argument("--impl", choices=("ours", "tv-same", "tv-same-nhwc", "tv-standard"), help="measure one in this process")
     args = p.parse_args()
     if args.impl:
         return measure(args)
     try:
         import torchvision  # noqa: F401
 
-        impls = ["ours", "tv-same", "tv-standard"]
+        impls = ["ours", "tv-same", "tv-same-nhwc", "tv-standard"]
     except ImportError:
         impls = ["ours"]
         print("torchvision does not import here: measuring ours only (run with .venv-reference/bin/python to compare)")
