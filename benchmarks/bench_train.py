@@ -39,7 +39,7 @@ benchmarks/bench_train.py --steps 10 --warmup 3` (tiny preset of commit 7d0d5be+
     ours / tv-same: train 1.22x, inference 1.98x;  ours / tv-same-nhwc: train 1.23x, inference 1.10x;
     ours / tv-standard: train 7.51x, inference 5.58x
 The 2x train-step target against tv-same is not reached: a profile of our step (2 threads) puts convolution forward
-and backward at about 60 % of it (about 40 % with channels-last), and those are the same network in both; the rest is
+and backward at about 59 % of it (49 % with channels-last; torch.profiler, 5 steps), and those are the same network in both; the rest is
 about 5,300 small ops per step (IoU, NMS rounds, sampling, roi_align's tap tables). Channels-last weights barely move
 the train step (an A/B of our model in one process: 1.05x at 2 threads, 1.14x at 1 thread, medians, noisy) but
 roughly double inference, for torchvision's model too. The earlier run (05:12, before channels-last): ours 27.68 /
