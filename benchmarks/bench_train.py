@@ -29,8 +29,8 @@ proposal counts): busy 81 ms of a 434 ms step, with per step about 13,000 kernel
 calls (host syncs), 418 NMS fixed-point rounds (torch.equal) and 2,400 dtype copies (aten::copy_, 16 % of GPU time).
 
 Measured on this project's 2-core CPU, quiet, 2026-11-23 08:13 UTC, `.venv-reference/bin/python
-benchmarks/bench_train.py --steps 10 --warmup 3` (tiny preset of commit 7d0d5be+, channels-last, at 128 px, batch 4,
-2 threads, torch 2.15.0+cu132, torchvision 0.29.2):
+benchmarks/bench_train.py --steps 10 --warmup 3` (tiny preset of commit 25fb519 with channels-last weights, run at
+128 px, batch 4, 2 threads, torch 2.15.0+cu132, torchvision 0.29.2):
     impl         train img/s  infer img/s  peak MB
     ours               26.91        35.24      857
     tv-same            22.05        17.77      899
@@ -38,12 +38,12 @@ benchmarks/bench_train.py --steps 10 --warmup 3` (tiny preset of commit 7d0d5be+
     tv-standard         3.58         6.31     1358
     ours / tv-same: train 1.22x, inference 1.98x;  ours / tv-same-nhwc: train 1.23x, inference 1.10x;
     ours / tv-standard: train 7.51x, inference 5.58x
-The 2x train-step target against tv-same is not reached: a profile of our step (2 threads) puts convolution forward
-and backward at about 59 % of it (49 % with channels-last; torch.profiler, 5 steps), and those are the same network in both; the rest is
-about 5,300 small ops per step (IoU, NMS rounds, sampling, roi_align's tap tables). Channels-last weights barely move
-the train step (an A/B of our model in one process: 1.05x at 2 threads, 1.14x at 1 thread, medians, noisy) but
-roughly double inference, for torchvision's model too. The earlier run (05:12, before channels-last): ours 27.68 /
-18.31, tv-same 22.71 / 26.42 (train 1.22x, inference 0.69x).
+The 2x train-step target against tv-same is not reached: a profile of our step (2 threads; torch.profiler, 5 steps)
+puts convolution forward and backward at about 59 % of it (49 % with channels-last), and those are the same network
+in both; the rest is about 5,300 small ops per step (IoU, NMS rounds, sampling, roi_align's tap tables).
+Channels-last weights barely move the train step (an A/B of our model in one process: 1.05x at 2 threads, 1.14x at
+1 thread, medians, noisy) but roughly double inference, for torchvision's model too. The earlier run (05:12, before
+channels-last): ours 27.68 / 18.31, tv-same 22.71 / 26.42 (train 1.22x, inference 0.69x).
 """
 import argparse
 import json
@@ -172,7 +172,8 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA")
-    p.add_argument("--impl", choices=("ours", "tv-same", "tv-same-nhwc", "tv-standard"), help="measure one in this process")
+    p.add_argument("--impl", choices=("ours", "tv-same", "tv-same-nhwc", "tv-standard"),
+                   help="measure one in this process")
     args = p.parse_args()
     if args.impl:
         return measure(args)

@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-generate", action="store_true", help="never generate shapes data (use --data as is)")
     t.add_argument("--override", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable, e.g. --override rpn_post_nms_top_n_train=300")
-    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order, augmentation and sampling")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, data order, augmentation and sampling")
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
     t.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps")
     t.add_argument("--log-every", type=int, default=10, help="metrics record every N steps")

@@ -239,12 +239,12 @@ class MaskRCNN(nn.Module):
             min_size=cfg.rpn_min_size,
             score_thresh=cfg.rpn_score_thresh,
         )
-        levels = ["p2", "p3", "p4", "p5"]
+        levels, pooling = ["p2", "p3", "p4", "p5"], (cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op)
         self.roi_heads = RoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op),
+            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, *pooling),
             box_head=TwoMLPHead(channels * cfg.box_roi_size**2, cfg.representation_size),
             box_predictor=BoxPredictor(cfg.representation_size, num_classes),
-            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op),
+            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, *pooling),
             mask_head=MaskHead(channels, cfg.mask_head_layers),
             mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes),
             fg_iou_thresh=cfg.box_fg_iou_thresh,
@@ -271,7 +271,7 @@ class MaskRCNN(nn.Module):
             resized_targets.append(target)
         batch, image_sizes = batch_images(resized_images, cfg.size_divisible)
         if cfg.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)  # same (N, 3, Hp, Wp), strides of (N, Hp, Wp, 3)
+            batch = batch.contiguous(memory_format=torch.channels_last)  # (N, 3, Hp, Wp) with (N, Hp, Wp, 3) strides
         return batch, image_sizes, (None if targets is None else resized_targets)
 
     def postprocess(self, detections: list[dict], image_sizes: list, original_sizes: list) -> list[dict]:

@@ -266,7 +266,8 @@ def test_channels_last_changes_the_layout_not_the_results():
     b.load_state_dict(a.state_dict())  # copied into b's channels-last weights, b keeps its layout
     conv = b.backbone.body.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    image, target = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 60.0))])
+    objects = [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60.0, 60.0))]
+    image, target = shapes_image((64, 64), objects)
     batch, _, _ = b.transform([image])
     assert batch.is_contiguous(memory_format=torch.channels_last)
     losses = []
