@@ -24,9 +24,12 @@ from minimaskrcnn.evaluation import format_metrics, predictions_to_coco
 
 # Training schedule of each preset when the command line does not say (tuned for `make train` on a 2-core CPU).
 PRESET_TRAINING = {
-    "tiny": {"steps": 2000, "batch_size": 4, "lr": 0.01, "warmup_steps": 100, "num_train": 400, "num_val": 100,
+    # tiny: AdamW learns the from-scratch heads faster than SGD (lr 0.01) in make train's 2000 steps: mask AP / AP50
+    # 0.700 / 0.912 (seed 0) and 0.687 / 0.898 (seed 1) against SGD's 0.642 / 0.877 (seed 0); AdamW lr 1e-3: 0.698 /
+    # 0.907 and 0.665 / 0.879.
+    "tiny": {"steps": 2000, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 100, "num_train": 400, "num_val": 100,
              "image_size": 128, "overrides": {}},  # the model side is PRESETS["tiny"] (minimaskrcnn/model.py)
-    "r50_fpn": {"steps": 20000, "batch_size": 8, "lr": 0.02, "warmup_steps": 500, "num_train": 5000, "num_val": 500,
+    "r50_fpn": {"steps": 20000, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "weight_decay": 1e-4, "warmup_steps": 500, "num_train": 5000, "num_val": 500,
                 "image_size": 256, "overrides": {"backbone_norm": "gn", "trainable_layers": 5, "min_size": 256,
                                                  "max_size": 512}},
 }
@@ -104,7 +107,8 @@ def cmd_train(args) -> int:
     torch.manual_seed(args.seed)  # the initial weights too (every rank the same; DDP broadcasts rank 0's anyway)
     model = build_model(args.preset, num_classes, **overrides)
     cfg = engine.TrainConfig(
-        steps=pick("steps"), batch_size=pick("batch_size"), lr=pick("lr"), warmup_steps=pick("warmup_steps"),
+        steps=pick("steps"), batch_size=pick("batch_size"), optimizer=pick("optimizer"), lr=pick("lr"),
+        weight_decay=pick("weight_decay"), warmup_steps=pick("warmup_steps"),
         schedule=args.schedule, seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, num_workers=args.workers, amp=not args.no_amp, progress=not args.no_progress)
     info = {"preset": args.preset, "num_classes": num_classes, "overrides": overrides,
@@ -215,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/tiny", help="run folder for checkpoint, metrics and pictures")
     t.add_argument("--steps", type=int, help="optimiser steps (default: per preset)")
     t.add_argument("--batch-size", type=int, help="images per step per process (default: per preset)")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), help="optimiser (default: per preset)")
+    t.add_argument("--weight-decay", type=float, help="weight decay (default: per preset)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: per preset)")
     t.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: per preset)")
     t.add_argument("--schedule", default="cosine", choices=("cosine", "step"), help="decay after warm-up")

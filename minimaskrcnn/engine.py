@@ -43,9 +43,10 @@ LOSS_PLOT_NAME = "loss_curve.png"
 class TrainConfig:
     steps: int = 1000  # total optimiser steps of the run (the schedule spans them all)
     batch_size: int = 4  # images per step on each process
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (Adam, decoupled weight decay; betas (momentum, 0.999))
     lr: float = 0.02  # peak learning rate (after warm-up)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # L2 penalty applied by SGD to every trainable parameter
+    momentum: float = 0.9  # SGD momentum; AdamW's first beta
+    weight_decay: float = 1e-4  # SGD: L2 penalty on every trainable parameter; AdamW: decay rate (times lr)
     warmup_steps: int = 100  # linear warm-up length in steps
     warmup_factor: float = 0.001  # learning rate at step 0 as a fraction of `lr`
     schedule: str = "cosine"  # after warm-up: "cosine" (to 0 at the last step) or "step" (x gamma at milestones)
@@ -64,6 +65,8 @@ class TrainConfig:
     find_unused_parameters: bool = True  # passed to DistributedDataParallel
 
     def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"TrainConfig.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"TrainConfig.schedule must be 'cosine' or 'step', got {self.schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
@@ -345,7 +348,10 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
         out_dir.mkdir(parents=True, exist_ok=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg))
     use_fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)

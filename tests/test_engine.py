@@ -138,6 +138,8 @@ def test_schedule_warmup_then_cosine_or_step():
     assert [step(t) for t in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="adam")
 
 
 def test_batches_depend_only_on_seed_and_step():
@@ -170,17 +172,21 @@ def test_checkpoint_round_trip(toy, tmp_path):
         engine.load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resume_gives_the_same_weights(toy, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_gives_the_same_weights(toy, tmp_path, optimizer):
+    cfg = toy.config(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01)
     torch.manual_seed(0)
     straight = toy.ToyDetector()
-    engine.train(straight, toy.ToyDataset(), toy.config(), out_dir=tmp_path / "a")
+    engine.train(straight, toy.ToyDataset(), cfg, out_dir=tmp_path / "a")
     torch.manual_seed(0)
     first = toy.ToyDetector()
-    assert engine.train(first, toy.ToyDataset(), toy.config(), out_dir=tmp_path / "b", stop_at=5).step == 5
+    assert engine.train(first, toy.ToyDataset(), cfg, out_dir=tmp_path / "b", stop_at=5).step == 5
     assert not same_weights(straight, first)
+    state = engine.load_checkpoint(tmp_path / "b" / engine.CHECKPOINT_NAME)["optimizer"]["state"][0]
+    assert set(state) == ({"momentum_buffer"} if optimizer == "sgd" else {"step", "exp_avg", "exp_avg_sq"})
     torch.manual_seed(123)  # a new process would start from other weights and another RNG state
     resumed = toy.ToyDetector()
-    result = engine.train(resumed, toy.ToyDataset(), toy.config(), out_dir=tmp_path / "b", resume=True)
+    result = engine.train(resumed, toy.ToyDataset(), cfg, out_dir=tmp_path / "b", resume=True)
     assert result.step == 12 and same_weights(straight, resumed)
     steps = [r["step"] for r in engine.read_metrics(tmp_path / "b" / engine.METRICS_NAME)]
     assert steps == sorted(steps) and steps[-1] == 12
