@@ -27,11 +27,12 @@ PRESET_TRAINING = {
     # tiny: AdamW learns the from-scratch heads faster than SGD (lr 0.01) in make train's 2000 steps: mask AP / AP50
     # 0.700 / 0.912 (seed 0) and 0.687 / 0.898 (seed 1) against SGD's 0.642 / 0.877 (seed 0); AdamW lr 1e-3: 0.698 /
     # 0.907 and 0.665 / 0.879.
-    "tiny": {"steps": 2000, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 100,
-             "num_train": 400, "num_val": 100, "image_size": 128, "overrides": {}},  # the model side is PRESETS["tiny"] (minimaskrcnn/model.py)
-    "r50_fpn": {"steps": 20000, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "weight_decay": 1e-4, "warmup_steps": 500,
-                "num_train": 5000, "num_val": 500, "image_size": 256, "overrides": {"backbone_norm": "gn", "trainable_layers": 5, "min_size": 256,
-                                                 "max_size": 512}},
+    "tiny": {"steps": 2000, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
+             "warmup_steps": 100, "num_train": 400, "num_val": 100, "image_size": 128,
+             "overrides": {}},  # the model side is PRESETS["tiny"] (minimaskrcnn/model.py)
+    "r50_fpn": {"steps": 20000, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "weight_decay": 1e-4,
+                "warmup_steps": 500, "num_train": 5000, "num_val": 500, "image_size": 256,
+                "overrides": {"backbone_norm": "gn", "trainable_layers": 5, "min_size": 256, "max_size": 512}},
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
