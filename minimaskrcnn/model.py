@@ -101,8 +101,9 @@ PRESETS: dict[str, MaskRCNNConfig] = {
     # IoU >= 0.7, against 85% for one size 8..128 px and three ratios: notebook 01); few proposals and sampled RoIs, half
     # of them positive (the RoI heads and NMS dominate a CPU step; more positives train the classifier faster).
     # The 128-px images are upsampled to 192 px: P2 then has 1.5x finer cells on the small objects. Measured with
-    # `make train`'s schedule (one run each, seed 0): mask AP 0.527 / AP50 0.786 at 128 px, 0.642 / 0.877 at 192 px,
-    # 0.656 / 0.895 at 256 px; a step at 192 px costs ~1.2x one at 128 px, at 256 px ~1.6x (too slow for 10 minutes).
+    # `make train`'s schedule, then with SGD (one run each, seed 0): mask AP 0.527 / AP50 0.786 at 128 px, 0.642 /
+    # 0.877 at 192 px, 0.656 / 0.895 at 256 px; a step at 192 px costs ~1.2x one at 128 px, at 256 px ~1.6x (too slow
+    # for 10 minutes). make train now uses AdamW (minimaskrcnn/__main__.py).
     "tiny": MaskRCNNConfig(
         backbone_depth=18,
         backbone_norm="gn",
