@@ -24,9 +24,9 @@ from minimaskrcnn.evaluation import format_metrics, predictions_to_coco
 
 # Training schedule of each preset when the command line does not say (tuned for `make train` on a 2-core CPU).
 PRESET_TRAINING = {
-    # tiny: AdamW learns the from-scratch heads faster than SGD (lr 0.01) in make train's 2000 steps: mask AP / AP50
-    # 0.700 / 0.912 (seed 0) and 0.687 / 0.898 (seed 1) against SGD's 0.642 / 0.877 (seed 0); AdamW lr 1e-3: 0.698 /
-    # 0.907 and 0.665 / 0.879.
+    # tiny: AdamW learns the from-scratch heads faster than SGD (lr 0.01) in make train's 2000 steps. Mask AP / AP50,
+    # one thread per run: 0.700 / 0.912 (seed 0) and 0.687 / 0.898 (seed 1) against SGD's 0.642 / 0.877 (seed 0);
+    # AdamW lr 1e-3: 0.698 / 0.907 and 0.665 / 0.879. `make train` itself (2 threads, seed 0): 0.698 / 0.902.
     "tiny": {"steps": 2000, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
              "warmup_steps": 100, "num_train": 400, "num_val": 100, "image_size": 128,
              "overrides": {}},  # the model side is PRESETS["tiny"] (minimaskrcnn/model.py)
