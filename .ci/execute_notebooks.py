@@ -2,8 +2,9 @@
 
 usage: python .ci/execute_notebooks.py [--strip-only] notebooks/00_data.ipynb [...]
 
-Outputs stay (nbval compares against them); execution counts, cell timing metadata, widget state and
-the interpreter version go, so a re-run on another machine only changes what really changed.
+Outputs stay (nbval compares against them), and so does the widget state (a reader without a kernel, on GitHub or
+nbviewer, still sees each widget's controls and picture); execution counts, cell timing metadata and the interpreter
+version go, so a re-run on another machine only changes what really changed.
 """
 import os
 import sys
@@ -14,7 +15,6 @@ from nbclient import NotebookClient
 
 
 def strip(nb):
-    nb.metadata.pop("widgets", None)
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     for cell in nb.cells:
@@ -34,7 +34,8 @@ def main(paths, execute=True):
         start = time.perf_counter()
         if execute:
             workdir = os.path.dirname(os.path.abspath(path))
-            NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": workdir}}).execute()
+            NotebookClient(nb, timeout=900, kernel_name="python3", store_widget_state=True,
+                           resources={"metadata": {"path": workdir}}).execute()
         nbformat.write(strip(nb), path)
         print(f"{path}: {'executed' if execute else 'stripped'} in {time.perf_counter() - start:.1f} s")
 
