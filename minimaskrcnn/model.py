@@ -302,10 +302,14 @@ class MaskRCNN(nn.Module):
         """Run one image through the model in inference mode and keep every intermediate (notebook 10).
 
         image: Tensor[3, H, W] in 0..1; target (optional) {boxes, labels, masks} adds the training-time views
-        (RPN anchor labels, sampled RoIs). Everything up to "detections" is in the resized image's coordinates
-        (size "image_size", pixels = "scale" x original); "result" is the model's output in original coordinates.
+        (RPN anchor labels, sampled RoIs) and the target itself in the resized frame. Everything up to "detections"
+        is in the resized image's coordinates (size "image_size", pixels = "scale" x original): draw or match those
+        against stages["image"] and stages["target"], never against the original image and target. "result" is the
+        model's output in original coordinates.
 
-        Keys: image (Tensor[3, H', W'] resized, 0..1), image_size, scale, features {name: Tensor[1, C, H_l, W_l]},
+        Keys: image (Tensor[3, H', W'] resized, 0..1), image_size, scale,
+        target (with a target: {boxes Tensor[G, 4], labels Tensor[G], masks Tensor[G, H', W']} resized like image),
+        features {name: Tensor[1, C, H_l, W_l]},
         anchors [Tensor[H_l*W_l*A, 4]] per level, objectness [Tensor[H_l*W_l*A]] probabilities per level,
         anchor_labels Tensor[sum A_l] (1 positive, 0 negative, -1 ignored; with a target), proposals Tensor[P, 4],
         sampled_rois / sampled_labels (with a target), class_probs Tensor[P, K+1], refined_boxes Tensor[P, K+1, 4],
@@ -322,6 +326,8 @@ class MaskRCNN(nn.Module):
             stages = {"image": torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
                                                                align_corners=False)[0].clamp(0, 1),
                       "image_size": size, "scale": size[0] / image.shape[-2]}
+            if targets is not None:
+                stages["target"] = targets[0]  # boxes and masks in the resized frame, like stages["image"]
             features = self.backbone(batch)
             levels = list(features.values())
             stages["features"] = features

@@ -187,6 +187,26 @@ def test_inspect_returns_every_stage():
     assert stages["mask_probs"].shape[0] == d and stages["result"]["masks"].shape == (d, 1, 64, 64)
 
 
+def test_inspect_returns_the_target_in_the_resized_frame():
+    model = small_model(min_size=96, max_size=144)  # 64 px -> 96 px: scale 1.5
+    image, target = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34, 30, 60, 58))])
+    stages = model.inspect(image, target)
+    resized = stages["target"]
+    assert stages["image_size"] == (96, 96) and stages["image"].shape[-2:] == (96, 96)
+    assert torch.allclose(resized["boxes"], target["boxes"] * 1.5)
+    assert torch.equal(resized["labels"], target["labels"])
+    assert resized["masks"].shape == (2, 96, 96)
+    for mask, box in zip(resized["masks"], resized["boxes"]):  # each mask fills its resized box
+        ys, xs = torch.where(mask > 0)
+        assert abs(xs.min() - box[0]) <= 1 and abs(xs.max() + 1 - box[2]) <= 1
+        assert abs(ys.min() - box[1]) <= 1 and abs(ys.max() + 1 - box[3]) <= 1
+    assert target["boxes"][0].tolist() == [8.0, 8.0, 30.0, 24.0]  # the caller's target is left as it was
+    # the sampled RoIs were matched in that frame: the GT boxes (appended to the proposals) are positives
+    positives = stages["sampled_rois"][stages["sampled_labels"] > 0]
+    assert all((positives == box).all(dim=1).any() for box in resized["boxes"])
+    assert "target" not in model.inspect(image)
+
+
 # ------------------------------------------------------------------------------------------- learning checks
 def overfit_data():
     return [
