@@ -22,7 +22,7 @@ def test_sample_view_draws_every_instance(dataset):
     n = len(target["labels"])
     fig = sample_view(dataset, 1)
     ax = fig.axes[0]
-    assert ax.get_title() == f"image id {target['image_id']}: {n} instance(s)"
+    assert ax.get_title() == f"index 1 (image id {target['image_id']}): {n} instance(s)"
     assert len(_boxes(fig)) == n
     names = {dataset.class_names[label] for label in target["labels"].tolist()}
     assert {t.get_text() for t in ax.texts} == names
@@ -45,10 +45,17 @@ def test_sample_view_rejects_bad_index(dataset):
         sample_view(dataset, 3)
 
 
-def test_browser_builds(dataset):
+def test_browser_slider_and_title_agree(dataset):
+    """The slider holds a dataset index; the picture it draws names that index and the image id of that item."""
+    plt.close("all")
     browser = dataset_browser(dataset)
     slider = browser.children[0].children[0]
-    assert (slider.min, slider.max) == (0, 2)
+    assert (slider.min, slider.max, slider.description) == (0, 2, "index")
+    for index in (2, 1):
+        slider.value = index  # what moving the slider in a browser does: the callback redraws
+        image_id = dataset[index][1]["image_id"]
+        assert image_id != index  # ids start at 1 here, so a title showing only the id would disagree
+        assert plt.gcf().axes[0].get_title().startswith(f"index {index} (image id {image_id}):")
     plt.close("all")
 
 

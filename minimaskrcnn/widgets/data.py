@@ -1,4 +1,4 @@
-"""Dataset browser: an image-index slider and toggles for boxes, masks and labels.
+"""Dataset browser: a slider over the dataset's indices (0-based positions) and toggles for boxes, masks, labels.
 
 Built in notebooks/00_data.ipynb. The callback `sample_view` is a plain function the tests call.
 """
@@ -12,7 +12,8 @@ def sample_view(dataset, index: int = 0, show_boxes: bool = True, show_masks: bo
                 fig=None):
     """Callback of the browser: draw item `index` of `dataset` (image, target) into `fig` (a new one when None).
 
-    Returns the figure; its title gives the image id and the number of instances.
+    Returns the figure; its title gives the dataset index (what the browser's slider holds), the COCO image id
+    (which need not equal it: ids start at 1 in our shapes files) and the number of instances.
     """
     if not 0 <= index < len(dataset):
         raise ValueError(f"sample_view: index {index} outside 0..{len(dataset) - 1}")
@@ -23,13 +24,13 @@ def sample_view(dataset, index: int = 0, show_boxes: bool = True, show_masks: bo
     draw_instances(ax, image, target["boxes"], target["labels"], masks=target["masks"],
                    class_names=getattr(dataset, "class_names", None), show_boxes=show_boxes,
                    show_masks=show_masks, show_labels=show_labels,
-                   title=f"image id {target['image_id']}: {len(target['labels'])} instance(s)")
+                   title=f"index {index} (image id {target['image_id']}): {len(target['labels'])} instance(s)")
     return fig
 
 
 def dataset_browser(dataset):
-    """Slider over the items of `dataset` with checkboxes for boxes, masks and labels."""
-    index = widgets.IntSlider(0, 0, len(dataset) - 1, description="image")
+    """Slider over the items of `dataset` (dataset[index], 0-based) with checkboxes for boxes, masks and labels."""
+    index = widgets.IntSlider(0, 0, len(dataset) - 1, description="index")
     toggles = {name: widgets.Checkbox(True, description=name, indent=False) for name in ("boxes", "masks", "labels")}
     out = widgets.Output()
 
