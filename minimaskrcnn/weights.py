@@ -15,6 +15,11 @@ a module of ours means editing its row, and the tests check that the table cover
 their file names carry (`<name>-<first 8 hex digits of sha256>.pth`, torch.hub's convention), caches them and
 reads them with `torch.load(weights_only=True)`, which never unpickles arbitrary objects.
 
+`load_initial_weights(model, "coco" | "imagenet" | path)` starts a training run from them (`train --weights`):
+the whole detector strictly, except the box and mask predictors, which keep their fresh initialisation when the
+weights were trained for another number of classes (torchvision's fine-tuning recipe); or the ImageNet ResNet-50
+onto the backbone's body only. Weights that do not fit the model (another preset) are refused, naming the keys.
+
 Shape glossary
     K      object classes (91 COCO indices, 0 = background, some "N/A")
     A      anchors per location (3)
@@ -219,9 +224,10 @@ def download(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
         return check_file(target)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
+    print(f"downloading {url} -> {target}")
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
@@ -243,10 +249,137 @@ def load_pretrained(name: str, cache_dir: str | os.PathLike | None = None) -> "O
     cached_path(name)  # validates the name
     state_dict = load_checked(download(PRETRAINED_URLS[name], cache_dir))
     if name == "resnet50_imagenet":
-        prefix = "backbone.body."
-        body = {prefix + k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        return OrderedDict((k[len(prefix):], v) for k, v in from_torchvision(body).items())
+        return resnet_from_torchvision(state_dict)
     return from_torchvision(state_dict)
+
+
+def resnet_from_torchvision(state_dict: dict[str, Tensor]) -> "OrderedDict[str, Tensor]":
+    """torchvision ResNet state dict (conv1.weight, layer1.0.bn1.running_mean, ..., fc.weight) -> our names inside
+    `model.backbone.body`, through the same NAME_TABLE rows as the detector's backbone (the ImageNet classifier
+    `fc` and the batch counters are dropped). KeyError for a key that is not part of a ResNet.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"resnet_from_torchvision expects a state dict, got {type(state_dict).__name__}")
+    prefix = "backbone.body."
+    body = {prefix + k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    return OrderedDict((k[len(prefix):], v) for k, v in from_torchvision(body).items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Starting a training run from weights (train --weights coco|imagenet|PATH)
+# ---------------------------------------------------------------------------------------------------------------
+PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")  # the layers that know K
+
+
+def _check_fit(expected: dict[str, Tensor], given: dict[str, Tensor], source: str, where: str) -> None:
+    """ValueError naming the keys `given` lacks, has in excess, or has with another shape than `expected`.
+
+    Batch counters (num_batches_tracked of a trainable BatchNorm2d) may be absent: they start at 0.
+    """
+    missing = [k for k in expected if k not in given and not k.endswith("." + BATCH_COUNTER)]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [f"{k} {tuple(given[k].shape)} in the weights, {tuple(expected[k].shape)} in the model"
+                for k in given if k in expected and given[k].shape != expected[k].shape]
+    if not (missing or unexpected or reshaped):
+        return
+    problems = [f"{len(found)} {what} (e.g. {', '.join(found[:3])})"
+                for found, what in ((reshaped, "of another shape"), (missing, "missing from the weights"),
+                                    (unexpected, "not in the model")) if found]
+    hint = ""
+    if any(k.endswith(".running_var") for k in unexpected):
+        hint = "; weights with batch-norm statistics need backbone_norm 'frozen_bn' or 'bn'"
+    raise ValueError(f"{source} does not fit {where}: {'; '.join(problems)}{hint}")
+
+
+def load_detector_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> list[str]:
+    """Load a whole-detector state dict (our names) into `model` -> the keys left re-initialised.
+
+    Strict, except the box and mask predictors: when the weights were trained for another number of classes
+    (their cls_score has 91 rows for COCO) these keep the model's fresh initialisation, as torchvision's
+    fine-tuning tutorial replaces them. Everything else must match key for key and shape for shape; ValueError
+    otherwise (e.g. COCO weights into the tiny preset), naming `source` and the first offending keys.
+    Built in notebooks/11_train_on_gpu.ipynb.
+    """
+    scores = state_dict.get("roi_heads.box_predictor.cls_score.weight")
+    reinit = scores is not None and scores.shape[0] != model.num_classes
+    expected = model.state_dict()
+    if reinit:
+        expected = {k: v for k, v in expected.items() if not k.startswith(PREDICTOR_PREFIXES)}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(PREDICTOR_PREFIXES)}
+    _check_fit(expected, state_dict, source, f"this model ({model.num_classes} classes with the background)")
+    model.load_state_dict(state_dict, strict=False)  # _check_fit made sure only the dropped keys are absent
+    return [k for k in model.state_dict() if reinit and k.startswith(PREDICTOR_PREFIXES)]
+
+
+def load_backbone_weights(model: nn.Module, body_state_dict: dict[str, Tensor], source: str) -> None:
+    """Load a ResNet state dict in our names (resnet_from_torchvision) into `model.backbone.body`, strictly.
+
+    The FPN and the heads keep their fresh initialisation. ValueError naming the offending keys when the body
+    differs (another depth or width; GroupNorm has no batch-norm statistics to take).
+    Built in notebooks/11_train_on_gpu.ipynb.
+    """
+    _check_fit(model.backbone.body.state_dict(), body_state_dict, source, "this model's backbone.body")
+    model.backbone.body.load_state_dict(body_state_dict, strict=False)  # only batch counters may be absent
+
+
+def read_weights_file(path: str | os.PathLike) -> tuple[str, "OrderedDict[str, Tensor]"]:
+    """A local weights file -> ("detector" | "backbone", state dict in our names), read with weights_only=True.
+
+    Accepts a minimaskrcnn checkpoint (its "model" entry), a state dict of ours or of torchvision's
+    maskrcnn_resnet50_fpn (keys backbone.body..., rpn..., roi_heads...), or of a torchvision ResNet (conv1.weight,
+    layer1..., fc...). ValueError naming the file for anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file or a pickle of arbitrary objects: say which file and why
+        raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        loaded = loaded["model"]  # a minimaskrcnn checkpoint: {"model": state dict, "optimizer": ..., ...}
+    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors")
+    try:
+        if any(k.startswith("backbone.body.") for k in loaded):
+            return "detector", from_torchvision(loaded)
+        if "conv1.weight" in loaded:
+            return "backbone", resnet_from_torchvision(loaded)
+    except KeyError as error:
+        raise ValueError(f"{path}: {error.args[0]}") from None
+    raise ValueError(f"{path}: neither a Mask R-CNN state dict (backbone.body.*, rpn.*, roi_heads.*) nor a ResNet "
+                     f"one (conv1.weight, layer1.*); its first keys are {list(loaded)[:3]}")
+
+
+def load_initial_weights(model: nn.Module, weights: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Start `model` from `weights` (train --weights) -> a one-line account of what was loaded.
+
+    weights: "coco"     -> torchvision's COCO Mask R-CNN (downloaded once, hash-checked, converted): the whole
+                           model; the predictors re-initialised unless the model has 91 classes too;
+             "imagenet" -> torchvision's ImageNet ResNet-50 onto backbone.body (FPN and heads as built);
+             a path     -> a local file, see read_weights_file.
+    The frozen norms keep eps 1e-5 (torchvision runs its COCO model with eps 0; the difference is a rounding-sized
+    rescale that fine-tuning absorbs, and a checkpoint then rebuilds the very model that was trained).
+    Built in notebooks/11_train_on_gpu.ipynb.
+    """
+    if weights == "coco":
+        source, kind = cached_path("maskrcnn_resnet50_fpn_coco", cache_dir), "detector"
+        state_dict = load_pretrained("maskrcnn_resnet50_fpn_coco", cache_dir)
+    elif weights == "imagenet":
+        source, kind = cached_path("resnet50_imagenet", cache_dir), "backbone"
+        state_dict = load_pretrained("resnet50_imagenet", cache_dir)
+    else:
+        source = Path(weights)
+        kind, state_dict = read_weights_file(source)
+    if kind == "backbone":
+        load_backbone_weights(model, state_dict, str(source))
+        return f"backbone.body from {source} ({len(state_dict)} tensors); FPN and heads freshly initialised"
+    reinit = load_detector_weights(model, state_dict, str(source))
+    if not reinit:
+        return f"the whole model from {source} ({len(state_dict)} tensors)"
+    theirs = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    return (f"the model from {source} ({len(state_dict) - len(reinit)} tensors); box and mask predictors "
+            f"re-initialised for {model.num_classes} classes (the weights have {theirs})")
 
 
 def set_frozen_bn_eps(model: nn.Module, eps: float) -> int:

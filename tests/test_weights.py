@@ -1,6 +1,10 @@
-"""Tests for minimaskrcnn.weights: the name table, and refusing damaged weight files (nothing downloaded)."""
+"""Tests for minimaskrcnn.weights: the name table, refusing damaged weight files, downloads from a local HTTP server
+on 127.0.0.1 (nothing reaches the internet), and starting a model from COCO / ImageNet / local weights."""
+import functools
 import hashlib
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,8 +15,13 @@ from minimaskrcnn.model import build_model
 from minimaskrcnn.weights import (
     coco_category_names,
     from_torchvision,
+    load_backbone_weights,
     load_checked,
+    load_detector_weights,
+    load_initial_weights,
     our_name_to_theirs,
+    read_weights_file,
+    resnet_from_torchvision,
     their_name_to_ours,
     to_torchvision,
 )
@@ -179,3 +188,157 @@ def test_coco_category_names():
     assert len(names) == 91 and names[0] == "__background__"
     assert (names[1], names[18], names[90]) == ("person", "dog", "toothbrush")
     assert names.count("N/A") == 10 and len(set(names)) == 82  # 80 classes, background, unused ids
+
+
+# ------------------------------------------------------------------------------------------------ downloads over HTTP
+@pytest.fixture
+def http_folder(tmp_path):
+    """(folder, base URL): a folder served by http.server on 127.0.0.1 for the duration of one test."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # quiet
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_download_right_hash_is_cached_and_loaded(http_folder, tmp_path):
+    folder, base = http_folder
+    served = saved_with_hash({"w": torch.arange(4.0)}, folder)
+    cache = tmp_path / "cache"
+    path = weights.download(f"{base}/{served.name}", cache)
+    assert path == cache / served.name and path.read_bytes() == served.read_bytes()
+    assert torch.equal(load_checked(path)["w"], torch.arange(4.0))
+    served.unlink()  # the server no longer has it: a second call must be served from the cache
+    assert weights.download(f"{base}/{served.name}", cache) == path
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # the cached copy is re-checked every time
+    with pytest.raises(ValueError, match="does not start with"):
+        weights.download(f"{base}/{served.name}", cache)
+
+
+def test_http_download_wrong_hash_or_failure_leaves_nothing(http_folder, tmp_path):
+    folder, base = http_folder
+    wrong = folder / "model-00000000.pth"
+    torch.save({"w": torch.zeros(3)}, wrong)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="does not start with 00000000"):
+        weights.download(f"{base}/{wrong.name}", cache)
+    assert list(cache.iterdir()) == []
+    with pytest.raises(OSError):  # urllib's HTTPError (404) is an OSError
+        weights.download(f"{base}/absent-12345678.pth", cache)
+    assert list(cache.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- starting from given weights
+def fake_state_dict(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Tensors of the given shapes, value k for the k-th key, stored as one element each (expanded views): files of
+    a few hundred kilobytes with the exact keys and shapes of torchvision's 170 MB ones."""
+    return {name: torch.full((1,) * len(shape), float(k)).expand(shape) if shape else torch.tensor(0)
+            for k, (name, shape) in enumerate(shapes.items())}
+
+
+@pytest.fixture(scope="module")
+def coco_like(their_shapes) -> dict[str, torch.Tensor]:
+    """torchvision's published COCO file: maskrcnn_resnet50_fpn's keys and shapes, no batch counters."""
+    return fake_state_dict({k: v for k, v in their_shapes.items() if not k.endswith("num_batches_tracked")})
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(their_shapes) -> dict[str, torch.Tensor]:
+    """torchvision's resnet50 state dict: the body's keys without the prefix, batch counters, the 1000-way fc."""
+    prefix = "backbone.body."
+    body = {k[len(prefix):]: v for k, v in their_shapes.items() if k.startswith(prefix)}
+    return fake_state_dict({**body, "fc.weight": [1000, 2048], "fc.bias": [1000]})
+
+
+def test_resnet_from_torchvision_fits_the_r50_body(imagenet_like):
+    ours = resnet_from_torchvision(imagenet_like)
+    body = build_model("r50_fpn", 91).backbone.body.state_dict()
+    assert list(ours) == list(body)
+    assert all(ours[k].shape == body[k].shape for k in body)
+    with pytest.raises(KeyError, match="fpn.inner_blocks"):
+        resnet_from_torchvision({"fpn.inner_blocks.0.0.weight": torch.zeros(1)})
+
+
+def test_coco_weights_with_new_classes_reinitialise_only_the_predictors(coco_like):
+    torch.manual_seed(0)
+    model = build_model("r50_fpn", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(weights.PREDICTOR_PREFIXES)}
+    reinit = load_detector_weights(model, from_torchvision(coco_like), "coco.pth")
+    assert sorted(reinit) == sorted(before) and len(reinit) == 8
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # as built, not COCO's 91-class layers
+    for name, value in from_torchvision(coco_like).items():
+        if not name.startswith(weights.PREDICTOR_PREFIXES):
+            assert torch.equal(after[name], value.expand_as(after[name])), name
+
+
+def test_coco_weights_with_91_classes_load_everything(coco_like):
+    model = build_model("r50_fpn", 91)
+    assert load_detector_weights(model, from_torchvision(coco_like), "coco.pth") == []
+    cls = model.roi_heads.box_predictor.cls_score.weight
+    assert torch.equal(cls, coco_like["roi_heads.box_predictor.cls_score.weight"].expand_as(cls))
+
+
+def test_weights_that_do_not_fit_are_refused_by_name(coco_like, imagenet_like):
+    with pytest.raises(ValueError, match=r"coco.pth does not fit .* of another shape .*backbone.body.conv1.weight"):
+        load_detector_weights(build_model("tiny", 3), from_torchvision(coco_like), "coco.pth")
+    partial = {k: v for k, v in from_torchvision(coco_like).items() if not k.startswith("rpn.")}
+    with pytest.raises(ValueError, match=r"missing from the weights \(e.g. rpn.head"):
+        load_detector_weights(build_model("r50_fpn", 91), partial, "cut.pth")
+    with pytest.raises(ValueError, match="backbone_norm 'frozen_bn' or 'bn'"):
+        load_backbone_weights(build_model("r50_fpn", 3, backbone_norm="gn"), resnet_from_torchvision(imagenet_like),
+                              "resnet50.pth")
+
+
+def test_imagenet_backbone_loads_into_frozen_or_trainable_batch_norm(imagenet_like):
+    for norm in ("frozen_bn", "bn"):  # a trainable BatchNorm2d has batch counters the file may lack
+        model = build_model("r50_fpn", 3, backbone_norm=norm)
+        fpn_before = model.backbone.fpn.state_dict()["inner_blocks.0.0.weight"].clone()
+        load_backbone_weights(model, resnet_from_torchvision(imagenet_like), "resnet50.pth")
+        conv1 = model.backbone.body.conv1.weight
+        assert torch.equal(conv1, imagenet_like["conv1.weight"].expand_as(conv1)), norm
+        assert torch.equal(model.backbone.fpn.state_dict()["inner_blocks.0.0.weight"], fpn_before)
+
+
+def test_load_initial_weights_coco_over_http(http_folder, coco_like, tmp_path, monkeypatch):
+    folder, base = http_folder
+    served = saved_with_hash(coco_like, folder, stem="maskrcnn_resnet50_fpn_coco")
+    monkeypatch.setitem(weights.PRETRAINED_URLS, "maskrcnn_resnet50_fpn_coco", f"{base}/{served.name}")
+    model = build_model("r50_fpn", 2)
+    text = load_initial_weights(model, "coco", tmp_path / "cache")
+    assert "re-initialised for 2 classes (the weights have 91)" in text
+    assert (tmp_path / "cache" / served.name).is_file()
+    assert torch.equal(model.rpn.head.cls_logits.bias, coco_like["rpn.head.cls_logits.bias"].expand(3))
+
+
+def test_load_initial_weights_imagenet_over_http(http_folder, imagenet_like, tmp_path, monkeypatch):
+    folder, base = http_folder
+    served = saved_with_hash(imagenet_like, folder, stem="resnet50")
+    monkeypatch.setitem(weights.PRETRAINED_URLS, "resnet50_imagenet", f"{base}/{served.name}")
+    text = load_initial_weights(build_model("r50_fpn", 2), "imagenet", tmp_path / "cache")
+    assert text.startswith("backbone.body from") and "FPN and heads freshly initialised" in text
+
+
+def test_read_weights_file_kinds(tmp_path, imagenet_like):
+    tiny = build_model("tiny", 3)
+    torch.save({"model": tiny.state_dict(), "step": 5}, tmp_path / "checkpoint.pt")  # a minimaskrcnn checkpoint
+    kind, state_dict = read_weights_file(tmp_path / "checkpoint.pt")
+    assert kind == "detector" and set(state_dict) == set(tiny.state_dict())
+    model = build_model("tiny", 3)
+    assert load_initial_weights(model, str(tmp_path / "checkpoint.pt")).startswith("the whole model from")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny.state_dict().values()))
+    torch.save(imagenet_like, tmp_path / "resnet.pth")
+    assert read_weights_file(tmp_path / "resnet.pth")[0] == "backbone"
+    torch.save({"head.x": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth: neither a Mask R-CNN state dict"):
+        read_weights_file(tmp_path / "other.pth")
+    torch.save({"model": {"w": Payload()}}, tmp_path / "payload.pth")
+    with pytest.raises(ValueError, match="payload.pth: not a readable weights file"):
+        read_weights_file(tmp_path / "payload.pth")
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        read_weights_file(tmp_path / "absent.pth")
