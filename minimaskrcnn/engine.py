@@ -11,19 +11,26 @@ The loop counts optimiser *steps*, not epochs, and everything random depends onl
 So a run stopped after any checkpoint and resumed ends with the same weights as an uninterrupted run (on the CPU).
 
 Checkpoints are written atomically (temporary file, then os.replace): a process killed at any moment leaves either
-the previous checkpoint or the new one, never half a file.
+the previous checkpoint or the new one, never half a file. They hold tensors and plain data only and are read with
+`torch.load(weights_only=True)`, so a checkpoint file cannot run code; they describe themselves (full model config,
+number of classes, class names, category ids, training config, a fingerprint of the training set; format below
+`FORMAT_VERSION`), and a resume refuses a checkpoint whose model or data differ from the current ones.
 
 Shape glossary
     N      images per step on one process (TrainConfig.batch_size)
     P      number of processes (world size) under torchrun
 """
+import errno
+import hashlib
+import io
 import json
 import math
+import pickle
 import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +42,7 @@ from tqdm.auto import tqdm
 from minimaskrcnn.evaluation import IOU_TYPES, evaluate_predictions, predict_dataset
 
 CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 2  # 1: numpy RNG state and a preset name (needed full unpickling); 2: plain data, full config
 METRICS_NAME = "metrics.jsonl"
 LOSS_PLOT_NAME = "loss_curve.png"
 
@@ -76,7 +84,8 @@ class TrainConfig:
 class WarmupSchedule:
     """Learning-rate multiplier of step t: linear warm-up from `warmup_factor` to 1, then cosine or step decay.
 
-    A class (not a closure) so that LambdaLR can save it in its state dict.
+    `train` sets the rate of step t to cfg.lr * WarmupSchedule(cfg)(t): a function of the config and the step only,
+    so nothing about the schedule needs saving and a resumed run follows the schedule of its current config.
     """
 
     def __init__(self, cfg: TrainConfig):
@@ -166,18 +175,31 @@ class StepBatchSampler(Sampler):
 
 
 def rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain types (loadable with torch.load(weights_only=True)).
+
+    torch: ByteTensor; cuda: one ByteTensor per GPU (only when CUDA is available); numpy: its MT19937 state with
+    the 624 keys as an int64 Tensor[624]; python: random.getstate() (nested tuples of ints).
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    """Restore `rng_states()`. The states may lie on any device (a checkpoint written on a GPU); CUDA generators are
+    restored only when CUDA is available here."""
+    torch.set_rng_state(states["torch"].cpu())
+    numpy = states["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]][:torch.cuda.device_count()])
 
 
 def collate(batch):
@@ -188,7 +210,7 @@ def collate(batch):
 
 # --------------------------------------------------------------------------------------------------- distributed
 def init_distributed() -> tuple[int, int, int]:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU). Returns (rank, world, local_rank)."""
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); (rank, world, local_rank)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -225,38 +247,146 @@ def unwrap(model):
 
 # --------------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, **state) -> None:
-    """torch.save(state) to a temporary file next to `path`, flushed to disk, then renamed over `path` (atomic)."""
+    """torch.save(state) to a temporary file next to `path`, flushed to disk, then renamed over `path` (atomic).
+
+    On an OSError (disk full, ...) the temporary file is removed, the previous checkpoint at `path` is left as it was,
+    and an OSError saying so is raised. Built in notebooks/11_train_on_gpu.ipynb.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is left intact" if path.exists() else "no checkpoint was written"
+        raise OSError(err.errno, f"could not write checkpoint {path} ({err.strerror or err}); {kept}") from err
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """The dict `train` saved at `path`, read with torch.load(weights_only=True): tensors and plain data only.
+
+    A file holding anything else (a pickled object that could run code when loaded) is refused with a ValueError
+    naming what it holds, and so is a checkpoint of another format version (format 1, written by minimaskrcnn before
+    checkpoints were plain data, included). Built in notebooks/11_train_on_gpu.ipynb.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(_refusal(path, err)) from None
+    except RuntimeError as err:  # not a torch.save file at all (truncated, another format)
+        raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
+    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a minimaskrcnn checkpoint of format {FORMAT_VERSION} (format_version: "
+                         f"{version}); it was written by another version of minimaskrcnn or by something else")
+    return ckpt
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    """Why load_checkpoint refuses a file that weights_only loading rejected, naming the globals it would import."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 (a file too broken to list: the loader's own message says enough)
+        names = []
+    if names and all(name.startswith("numpy") for name in names):
+        return (f"{path} was written by an older version of minimaskrcnn (checkpoint format 1, numpy objects "
+                f"{names}); this version reads only plain-data checkpoints (format {FORMAT_VERSION}) and will not "
+                f"unpickle it. Retrain, or, only if you trust the file, load it yourself and re-save its 'model' "
+                f"state dict")
+    first = str(err).strip().splitlines()[-1] if not names else ", ".join(names)
+    return (f"{path} holds objects other than tensors and plain data ({first}); unpickling them could run code, "
+            f"so the checkpoint is refused")
+
+
+def _lists(value):
+    """Tuples (nested too) as lists: a config as checkpoints store and compare it."""
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
+
+
+def _tuples(value):
+    """Lists (nested too) back to tuples: the config dataclasses hold tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def describe_model(model) -> dict:
+    """{"config": asdict(model.cfg) with tuples as lists, "num_classes"} of a (possibly DDP-wrapped) model.
+
+    Both are None for a model without a dataclass `.cfg` / a `.num_classes` (e.g. a toy model in the tests).
+    """
+    bare = unwrap(model)
+    cfg = getattr(bare, "cfg", None)
+    config = _lists(asdict(cfg)) if cfg is not None and is_dataclass(cfg) else None
+    return {"config": config, "num_classes": getattr(bare, "num_classes", None)}
+
+
+def dataset_fingerprint(dataset) -> dict:
+    """{"num_images", "image_ids_sha256"}: the digest of the ordered `.image_ids` (None when the dataset has none)."""
+    ids = getattr(dataset, "image_ids", None)
+    digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest() if ids is not None else None
+    return {"num_images": len(dataset), "image_ids_sha256": digest}
 
 
 def model_from_checkpoint(path, map_location="cpu"):
-    """Rebuild the model saved by `train` (its checkpoint records preset, num_classes and overrides).
+    """Rebuild the MaskRCNN saved by `train` from the full config and num_classes its checkpoint records.
 
-    Returns (model in eval mode, checkpoint dict).
+    Returns (model in eval mode, checkpoint dict). Built in notebooks/11_train_on_gpu.ipynb.
     """
-    from minimaskrcnn.model import build_model
+    from minimaskrcnn.model import MaskRCNN, MaskRCNNConfig
 
     ckpt = load_checkpoint(path, map_location)
     info = ckpt.get("model_info") or {}
-    if "preset" not in info or "num_classes" not in info:
-        raise ValueError(f"checkpoint {path} has no model_info (preset, num_classes): it was not written by train()")
-    model = build_model(info["preset"], info["num_classes"], **info.get("overrides", {}))
+    if info.get("config") is None or info.get("num_classes") is None:
+        raise ValueError(f"checkpoint {path} has no model config / num_classes in model_info: it was not written by "
+                         f"train() for a MaskRCNN")
+    unknown = sorted(set(info["config"]) - {f.name for f in fields(MaskRCNNConfig)})
+    if unknown:
+        raise ValueError(f"checkpoint {path}: model config fields {unknown} are unknown to this version of "
+                         f"minimaskrcnn (written by a newer version?)")
+    config = MaskRCNNConfig(**{k: _tuples(v) for k, v in info["config"].items()})
+    model = MaskRCNN(config, info["num_classes"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+# Resuming with other values of these TrainConfig fields is fine: they do not change what the run computes.
+FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "num_workers", "eval_batch_size", "progress",
+               "find_unused_parameters", "max_nonfinite")
+# Changes to these are honoured: the rate of step t is always lr * WarmupSchedule(current config)(t).
+SCHEDULE_FIELDS = ("steps", "lr", "warmup_steps", "warmup_factor", "schedule", "milestones", "gamma")
+
+
+def check_resumable(ckpt: dict, cfg: TrainConfig, model_info: dict, fingerprint: dict, path="checkpoint") -> None:
+    """Refuse to resume from `ckpt` when the model, its classes, the training set or a TrainConfig field that is
+    neither free nor a schedule field differ from the current run (ValueError listing `field: saved -> now`).
+
+    model_info: `describe_model` of the current model; fingerprint: `dataset_fingerprint` of the current training set.
+    """
+    saved_info, saved_cfg, now_cfg = ckpt.get("model_info") or {}, ckpt["train_config"], _lists(asdict(cfg))
+    pairs = {f"model.{k}": (saved_info.get(k), model_info[k]) for k in ("num_classes",)}
+    saved_model, now_model = saved_info.get("config") or {}, model_info["config"] or {}
+    pairs |= {f"model.config.{k}": (saved_model.get(k), now_model.get(k)) for k in {*saved_model, *now_model}}
+    pairs |= {f"dataset.{k}": (ckpt["dataset"].get(k), v) for k, v in fingerprint.items()}
+    pairs |= {f"train_config.{k}": (saved_cfg.get(k), v) for k, v in now_cfg.items()
+              if k not in FREE_FIELDS + SCHEDULE_FIELDS}
+    differ = [f"  {name}: {saved!r} -> {now!r}" for name, (saved, now) in sorted(pairs.items()) if saved != now]
+    if cfg.steps < ckpt["step"]:
+        differ.append(f"  train_config.steps: {cfg.steps} is below the checkpoint's step {ckpt['step']}")
+    if differ:
+        raise ValueError(f"cannot resume from {path}: it was written for another model, data set or training "
+                         f"setup (saved -> now):\n" + "\n".join(differ) +
+                         "\nStart a fresh run (resume=False, another out_dir) or restore the original settings")
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -268,12 +398,41 @@ def read_metrics(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after `step` (by a run killed after its last checkpoint)."""
-    keep = [r for r in read_metrics(path) if r["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    os.replace(tmp, path)
+class MetricsFile:
+    """A run's metrics.jsonl on rank 0, appended one record per line; `path` None: nothing written.
+
+    resume_step: a resumed run first drops the records written after its checkpoint's step (by a run killed after
+    that checkpoint). None (a fresh run): the old run's file is left alone until the new run has a checkpoint of its
+    own; until then records go to a side file (.metrics.jsonl.new) that `commit()` moves over metrics.jsonl
+    (os.replace, atomic). `train` calls commit() after every checkpoint.
+    """
+
+    def __init__(self, path: Path | None, resume_step: int | None):
+        self.path = self.target = path
+        if path is None:
+            return
+        if resume_step is not None:
+            self.records = [r for r in read_metrics(path) if r["step"] <= resume_step]
+            self._write(path, self.records)
+        else:
+            self.records, self.target = [], path.with_name(f".{path.name}.new")
+            self._write(self.target, [])
+
+    @staticmethod
+    def _write(path: Path, records: list[dict]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, path)
+
+    def append(self, record: dict) -> None:
+        if self.path is not None:
+            with open(self.target, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def commit(self) -> None:
+        if self.target != self.path:
+            os.replace(self.target, self.path)
+            self.target = self.path
 
 
 def save_loss_plot(records: list[dict], path) -> None:
@@ -328,48 +487,81 @@ class TrainResult:
     metrics: dict | None = None  # the last evaluation (None when no validation set)
 
 
+def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _check_plain(name: str, value) -> None:
+    """Refuse `value` unless torch.load(weights_only=True) can read it back (tensors and plain data only)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = next((line for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[-1])
+        raise TypeError(f"{name} must hold only tensors and plain data (str, int, float, bool, None, lists, tuples, "
+                        f"dicts) so that checkpoints load with weights_only=True; it holds {detail.strip()}") from None
+
+
+def _resume(ckpt_path: Path, model, optimizer, scaler, cfg: TrainConfig, info: dict, fingerprint: dict) -> int:
+    """Load the checkpoint into model, optimiser, scaler and the generators after `check_resumable`; its step."""
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must be CPU tensors; load_state_dict moves
+    check_resumable(ckpt, cfg, info, fingerprint, ckpt_path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["scaler"]:  # empty when written without fp16 scaling (CPU, bf16)
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_states(ckpt["rng"])
+    return ckpt["step"]
+
+
 def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device=None, resume: bool = False,
           model_info: dict | None = None, stop_at: int | None = None, on_log=None) -> TrainResult:
     """Train `model` (torchvision call convention: model(images, targets) -> dict of losses) on `train_set`.
 
     out_dir: where checkpoint.pt, metrics.jsonl and loss_curve.png go (None: nothing written, no resume).
-    resume: continue from out_dir/checkpoint.pt when it exists. model_info: saved in the checkpoint so that
-    `model_from_checkpoint` can rebuild the model ({"preset", "num_classes", "overrides", ...}).
+    resume: continue from out_dir/checkpoint.pt when it exists (a fresh run when it does not). The checkpoint must
+    match the current run: same model config and num_classes, same training set (number of images and digest of
+    its `.image_ids`), same TrainConfig except the free fields (`FREE_FIELDS`: logging, evaluation and checkpoint
+    frequency, workers, ...) and the schedule fields (`SCHEDULE_FIELDS`), whose changes are honoured: the rate of
+    step t is always cfg.lr * WarmupSchedule(cfg)(t) with the current cfg, so e.g. resuming a cosine run of 1000
+    steps at its end with steps=2000 re-spans the decay over 2000 steps (the rate goes back up to half the peak at
+    step 1000 and decays to 0 at step 2000; never 0 for the added steps). Anything else is refused (ValueError).
+    resume=False starts fresh whatever out_dir holds: at its first checkpoint it REPLACES out_dir's checkpoint.pt
+    and metrics.jsonl (until then the old run's files stay intact); refusing a used out_dir is the caller's choice.
+    model_info: extra plain data saved in the checkpoint (class_names and category_ids default to train_set's
+    attributes); the model's full config and num_classes are added from the model itself (`describe_model`), so
+    that `model_from_checkpoint` can rebuild it.
     stop_at: stop after this step although the schedule spans cfg.steps (simulates an interrupted run).
     on_log(record): called on rank 0 with every metrics record (e.g. a live plot in a notebook).
+    Built in notebooks/11_train_on_gpu.ipynb.
     """
     rank, world, _ = init_distributed()
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir else None
-    metrics_path = out_dir / METRICS_NAME if out_dir else None
     if out_dir and rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+    info = {"class_names": getattr(train_set, "class_names", None),
+            "category_ids": getattr(train_set, "category_ids", None), **(model_info or {}), **describe_model(model)}
+    _check_plain("model_info", info)
+    fingerprint = dataset_fingerprint(train_set)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg))
+    optimizer = _make_optimizer(params, cfg)
+    schedule = WarmupSchedule(cfg)
     use_fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
 
-    step = 0
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_states(ckpt["rng"])
-        step = ckpt["step"]
-        if rank == 0 and metrics_path.is_file():
-            _truncate_metrics(metrics_path, step)
-    if step == 0 and metrics_path is not None and rank == 0:
-        metrics_path.unlink(missing_ok=True)  # a fresh run does not append to an old run's records
-    history = read_metrics(metrics_path) if metrics_path is not None and rank == 0 else []
+    step, resumed = 0, resume and ckpt_path is not None and ckpt_path.is_file()
+    if resumed:
+        step = _resume(ckpt_path, model, optimizer, scaler, cfg, info, fingerprint)
+    metrics_file = MetricsFile(out_dir / METRICS_NAME if out_dir and rank == 0 else None, step if resumed else None)
+    history = list(metrics_file.records) if metrics_file.path else []
 
     net = model
     if world > 1:
@@ -381,17 +573,17 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
         history.append(record)
         if rank != 0:
             return
-        if metrics_path:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        metrics_file.append(record)
         if on_log:
             on_log(record)
 
     def checkpoint():
         if ckpt_path is not None and rank == 0:
-            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
-                            step=step, train_config=asdict(cfg), model_info=model_info or {})
+            save_checkpoint(ckpt_path, format_version=FORMAT_VERSION, step=step, model=model.state_dict(),
+                            optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
+                            train_config=_lists(asdict(cfg)), dataset=fingerprint,
+                            world_size=world, model_info=info)
+            metrics_file.commit()
         if world > 1:
             dist.barrier()
 
@@ -401,7 +593,7 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
         return metrics
 
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, end, rank, world)
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, max(end, step), rank, world)
     loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=end, initial=step, disable=not cfg.progress or rank != 0, desc="train", dynamic_ncols=True)
@@ -410,6 +602,9 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
     model.train()
     for images, targets in loader:
         torch.manual_seed(_mix(cfg.seed, step, rank))  # the model's sampling depends only on (seed, step, rank)
+        lr = cfg.lr * schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         images = [img.to(device, non_blocking=True) for img in images]
         targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
@@ -422,7 +617,6 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
             values /= world
         loss = sum(losses.values())
         finite = bool(torch.isfinite(values).all())
-        lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
         if finite:
             scaler.scale(loss).backward()
@@ -440,7 +634,6 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
                 raise FloatingPointError(
                     f"{nonfinite} non-finite losses in a row (last at step {step}: {bad}); lower the learning rate "
                     f"(now {lr:g}), raise warm-up or check the data")
-        scheduler.step()
         step += 1
         if finite:
             for k, v in zip(names, values.tolist()):  # exponential moving averages for the progress bar

@@ -1,17 +1,26 @@
-"""Engine: schedule, checkpoints, resume equality, non-finite losses, 2-process gloo run, SIGKILL then resume.
+"""Engine: schedule, checkpoints, resume equality, non-finite losses, 2-process gloo run, SIGKILL then resume;
+checkpoint safety (plain data only, refused payloads and old formats, disk full), self-describing checkpoints,
+resume checks (other model / data / setup refused, schedule changes honoured) and the old run's metrics kept.
 
 The engine is model-agnostic (torchvision call convention), so these tests use a toy detector that trains in
 milliseconds; tests/test_cli.py runs the real tiny Mask R-CNN end to end. The toy's source is written to a file so
 that subprocesses (torchrun, the killed run) import exactly the same code.
 """
+import dataclasses
+import errno
 import importlib.util
+import io
 import os
+import pathlib
+import random
+import re
 import signal
 import subprocess
 import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,14 +169,22 @@ def test_checkpoint_round_trip(toy, tmp_path):
     model = toy.ToyDetector()
     engine.train(model, toy.ToyDataset(), toy.config(steps=4), out_dir=tmp_path / "run")
     ckpt = engine.load_checkpoint(tmp_path / "run" / engine.CHECKPOINT_NAME)
-    assert ckpt["step"] == 4 and set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "rng", "train_config"}
+    assert ckpt["step"] == 4 and ckpt["format_version"] == engine.FORMAT_VERSION
+    assert set(ckpt) >= {"model", "optimizer", "scaler", "rng", "train_config", "dataset", "model_info"}
     fresh = toy.ToyDetector()
     fresh.load_state_dict(ckpt["model"])
     assert same_weights(model, fresh)
-    assert ckpt["scheduler"]["last_epoch"] == 4 and ckpt["optimizer"]["state"]  # momentum buffers saved
+    assert ckpt["optimizer"]["state"]  # momentum buffers saved
+    assert ckpt["train_config"]["milestones"] == [0.7, 0.9]  # tuples stored as lists
+    assert ckpt["dataset"] == {"num_images": 12, "image_ids_sha256": None}  # the toy set has no .image_ids
+    assert ckpt["model_info"] == {"class_names": ["background", "blob"], "category_ids": [0, 1], "config": None,
+                                  "num_classes": None}  # the toy has no .cfg / .num_classes
     assert not list((tmp_path / "run").glob(".*tmp*"))  # the temporary file was renamed away
     assert (tmp_path / "run" / engine.LOSS_PLOT_NAME).stat().st_size > 0
-    assert [r["step"] for r in engine.read_metrics(tmp_path / "run" / engine.METRICS_NAME)] == [2, 4]
+    records = engine.read_metrics(tmp_path / "run" / engine.METRICS_NAME)
+    assert [r["step"] for r in records] == [2, 4]
+    schedule = WarmupSchedule(toy.config(steps=4))  # the rate of the step that ended at record step s
+    assert [r["lr"] for r in records] == pytest.approx([0.05 * schedule(1), 0.05 * schedule(3)])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         engine.load_checkpoint(tmp_path / "missing.pt")
 
@@ -210,7 +227,7 @@ def test_two_process_gloo_run(toy, tmp_path):
            str(tmp_path / "toy_engine.py"), str(tmp_path / "ddp"), "6", "fresh", "0"]
     res = run_group(cmd, env)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = torch.load(tmp_path / "ddp" / "final_rank0.pt")
+    out = torch.load(tmp_path / "ddp" / "final_rank0.pt", weights_only=True)
     assert out["step"] == 6 and engine.load_checkpoint(tmp_path / "ddp" / engine.CHECKPOINT_NAME)["step"] == 6
     # rank 0 evaluated all 12 images gathered from both processes: the same AP as one process evaluating the model
     model = toy.ToyDetector()
@@ -239,9 +256,193 @@ def test_sigkill_mid_run_then_resume_finishes(toy, tmp_path):
     assert 1 <= killed_at < 40
     res = run_group([sys.executable, script, str(out), "40", "resume", "0"], env)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert torch.load(out / "final_rank0.pt")["step"] == 40
+    assert torch.load(out / "final_rank0.pt", weights_only=True)["step"] == 40
     # and it matches a run that was never interrupted
     straight = tmp_path / "straight"
     assert run_group([sys.executable, script, str(straight), "40", "fresh", "0"], env).returncode == 0
-    a, b = torch.load(out / "final_rank0.pt")["state"], torch.load(straight / "final_rank0.pt")["state"]
+    a = torch.load(out / "final_rank0.pt", weights_only=True)["state"]
+    b = torch.load(straight / "final_rank0.pt", weights_only=True)["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint safety
+class Payload:
+    """Unpickling this writes `marker`: what a malicious checkpoint could do (os.system, ...)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.write_text, (self.marker, "code ran")
+
+
+def test_rng_states_are_plain_data_and_restore_every_generator():
+    buffer = io.BytesIO()
+    torch.save(engine.rng_states(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    draw = lambda: (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random())  # noqa: E731
+    first = draw()
+    assert draw() != first
+    engine.set_rng_states(saved)
+    assert draw() == first
+    if not torch.cuda.is_available():  # written on a GPU, resumed on a CPU: the CUDA states are skipped
+        engine.set_rng_states({**saved, "cuda": [torch.zeros(16, dtype=torch.uint8)]})
+        assert draw() == first
+
+
+def test_checkpoint_that_would_run_code_is_refused(toy, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=2), out_dir=run)
+    path = run / engine.CHECKPOINT_NAME
+    ckpt = engine.load_checkpoint(path)
+    ckpt["model_info"]["note"] = Payload(marker)
+    torch.save(ckpt, path)
+    calls = [lambda: engine.load_checkpoint(path), lambda: engine.model_from_checkpoint(path),
+             lambda: engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=4), out_dir=run, resume=True)]
+    for call in calls:
+        with pytest.raises(ValueError, match="pathlib.*could run code"):
+            call()
+        assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: full unpickling runs it
+    assert marker.read_text() == "code ran"
+
+
+def test_old_format_and_foreign_files_are_refused(tmp_path):
+    old = tmp_path / "old.pt"  # what minimaskrcnn wrote before format 2
+    torch.save({"model": {}, "step": 3, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+                "model_info": {"preset": "tiny", "num_classes": 3, "overrides": {}}}, old)
+    with pytest.raises(ValueError, match="older version of minimaskrcnn"):
+        engine.load_checkpoint(old)
+    plain = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, plain)
+    with pytest.raises(ValueError, match="format_version: None"):
+        engine.model_from_checkpoint(plain)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pt"):
+        engine.load_checkpoint(text)
+
+
+def test_model_info_must_be_plain_data(toy, tmp_path):
+    with pytest.raises(TypeError, match="model_info.*numpy"):
+        engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=2), out_dir=tmp_path / "run",
+                     model_info={"category_ids": [np.int64(0), np.int64(1)]})
+    assert not (tmp_path / "run" / engine.CHECKPOINT_NAME).exists()
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / engine.CHECKPOINT_NAME
+    engine.save_checkpoint(path, format_version=engine.FORMAT_VERSION, step=1)
+
+    def full_disk(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="previous checkpoint .* left intact") as err:
+        engine.save_checkpoint(path, format_version=engine.FORMAT_VERSION, step=2)
+    assert err.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match="no checkpoint was written"):
+        engine.save_checkpoint(tmp_path / "new.pt", step=2)
+    monkeypatch.undo()
+    assert engine.load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [engine.CHECKPOINT_NAME]  # no temporary file left
+
+
+# ------------------------------------------------------------------------------------ self-describing checkpoints
+def test_model_from_checkpoint_rebuilds_the_full_config(tmp_path, monkeypatch):
+    from minimaskrcnn import model as model_module
+    from minimaskrcnn.data import CocoDataset, make_shapes
+
+    annotations = make_shapes(tmp_path / "shapes", 2, image_size=64)
+    data = CocoDataset(annotations.parent / "images", annotations)
+    torch.manual_seed(0)
+    model = model_module.build_model("tiny", len(data.class_names), min_size=64, max_size=64,
+                                     anchor_sizes=((8,), (16,), (32,), (64,), (128,)))
+    engine.train(model, data, TrainConfig(steps=1, batch_size=2, progress=False), out_dir=tmp_path / "run",
+                 device="cpu", model_info={"preset": "tiny"})
+    # the meaning of a preset may change; the checkpoint does not depend on it
+    monkeypatch.setitem(model_module.PRESETS, "tiny", model_module.MaskRCNNConfig(backbone_depth=101))
+    rebuilt, ckpt = engine.model_from_checkpoint(tmp_path / "run" / engine.CHECKPOINT_NAME)
+    assert rebuilt.cfg == model.cfg and rebuilt.num_classes == model.num_classes == 5 and not rebuilt.training
+    assert rebuilt.cfg.anchor_sizes == ((8,), (16,), (32,), (64,), (128,))  # tuples restored
+    assert same_weights(model, rebuilt)
+    info = ckpt["model_info"]
+    assert info["class_names"] == data.class_names and info["category_ids"] == data.category_ids
+    assert info["preset"] == "tiny" and info["config"]["anchor_sizes"] == [[8], [16], [32], [64], [128]]
+    assert ckpt["dataset"]["num_images"] == 2 and len(ckpt["dataset"]["image_ids_sha256"]) == 64
+
+
+# ------------------------------------------------------------------------------------------------ resume checks
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    width: int = 4
+    sizes: tuple = (1, 2)
+
+
+def test_resume_refuses_another_model_data_or_setup(toy, tmp_path):
+    run = tmp_path / "run"
+
+    def toy_model(**cfg):
+        model = toy.ToyDetector()
+        model.cfg, model.num_classes = ToyConfig(**cfg), 2
+        return model
+
+    engine.train(toy_model(), toy.ToyDataset(), toy.config(), out_dir=run, stop_at=4)
+    saved = (run / engine.CHECKPOINT_NAME).read_bytes()
+    refused = {"model.config.width: 4 -> 8": (toy_model(width=8), toy.ToyDataset(), toy.config()),
+               "model.config.sizes: [1, 2] -> [1, 3]": (toy_model(sizes=(1, 3)), toy.ToyDataset(), toy.config()),
+               "dataset.num_images: 12 -> 9": (toy_model(), toy.ToyDataset(9), toy.config()),
+               "train_config.batch_size: 3 -> 4": (toy_model(), toy.ToyDataset(), toy.config(batch_size=4)),
+               "train_config.seed: 0 -> 1": (toy_model(), toy.ToyDataset(), toy.config(seed=1)),
+               "steps: 3 is below the checkpoint's step 4": (toy_model(), toy.ToyDataset(), toy.config(steps=3))}
+    for message, (model, data, cfg) in refused.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            engine.train(model, data, cfg, out_dir=run, resume=True)
+    assert (run / engine.CHECKPOINT_NAME).read_bytes() == saved  # nothing trained, nothing written
+    data = toy.ToyDataset()
+    data.image_ids = list(range(12))
+    with pytest.raises(ValueError, match=r"dataset.image_ids_sha256: None -> '[0-9a-f]{64}'"):
+        engine.train(toy_model(), data, toy.config(), out_dir=run, resume=True)
+    # logging, evaluation and checkpoint frequencies, workers and the progress bar may change
+    free = toy.config(log_every=3, checkpoint_every=5, eval_every=7, eval_batch_size=2, progress=False)
+    assert engine.train(toy_model(), toy.ToyDataset(), free, out_dir=run, resume=True).step == 12
+
+
+def test_resume_honours_a_longer_schedule(toy, tmp_path):
+    run = tmp_path / "run"
+    engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=6, log_every=1), out_dir=run)
+    longer = toy.config(steps=10, lr=0.03, log_every=1)  # train on, with a lower peak rate
+    assert engine.train(toy.ToyDetector(), toy.ToyDataset(), longer, out_dir=run, resume=True).step == 10
+    records = engine.read_metrics(run / engine.METRICS_NAME)
+    assert [r["step"] for r in records] == list(range(1, 11))
+    schedule = WarmupSchedule(longer)
+    added = [r["lr"] for r in records[6:]]  # steps 6..9 follow the 10-step schedule of the new rate, never 0
+    assert added == pytest.approx([0.03 * schedule(t) for t in range(6, 10)]) and min(added) > 0
+
+
+# ------------------------------------------------------------------------------------------------ nothing lost
+def test_fresh_run_keeps_the_old_run_until_its_first_checkpoint(toy, tmp_path):
+    run = tmp_path / "run"
+    engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=4), out_dir=run)
+    old = engine.read_metrics(run / engine.METRICS_NAME)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_3(record):
+        assert engine.read_metrics(run / engine.METRICS_NAME) == old  # the new records are not in it yet
+        if record["step"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):  # a new run dies before its first checkpoint (step 4)
+        engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(log_every=1, checkpoint_every=4),
+                     out_dir=run, on_log=die_at_step_3)
+    assert engine.read_metrics(run / engine.METRICS_NAME) == old
+    assert engine.load_checkpoint(run / engine.CHECKPOINT_NAME)["step"] == 4
+    seen = []
+    engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=6, log_every=1, checkpoint_every=4),
+                 out_dir=run, on_log=lambda r: seen.append(engine.read_metrics(run / engine.METRICS_NAME)))
+    assert seen[3] == old and [r["step"] for r in seen[4]] == [1, 2, 3, 4, 5]  # replaced by the step-4 checkpoint
+    assert [r["step"] for r in engine.read_metrics(run / engine.METRICS_NAME)] == [1, 2, 3, 4, 5, 6]
