@@ -179,6 +179,7 @@ def rng_states() -> dict:
 
     torch: ByteTensor; cuda: one ByteTensor per GPU (only when CUDA is available); numpy: its MT19937 state with
     the 624 keys as an int64 Tensor[624]; python: random.getstate() (nested tuples of ints).
+    Built in notebooks/11_train_on_gpu.ipynb.
     """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     states = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -191,7 +192,7 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     """Restore `rng_states()`. The states may lie on any device (a checkpoint written on a GPU); CUDA generators are
-    restored only when CUDA is available here."""
+    restored only when CUDA is available here. Built in notebooks/11_train_on_gpu.ipynb."""
     torch.set_rng_state(states["torch"].cpu())
     numpy = states["numpy"]
     np.random.set_state((numpy["name"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"],
@@ -294,7 +295,7 @@ def _refusal(path: Path, err: Exception) -> str:
     """Why load_checkpoint refuses a file that weights_only loading rejected, naming the globals it would import."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 (a file too broken to list: the loader's own message says enough)
+    except Exception:  # a file too broken to list them: the loader's own message says enough
         names = []
     if names and all(name.startswith("numpy") for name in names):
         return (f"{path} was written by an older version of minimaskrcnn (checkpoint format 1, numpy objects "
@@ -324,6 +325,7 @@ def describe_model(model) -> dict:
     """{"config": asdict(model.cfg) with tuples as lists, "num_classes"} of a (possibly DDP-wrapped) model.
 
     Both are None for a model without a dataclass `.cfg` / a `.num_classes` (e.g. a toy model in the tests).
+    Built in notebooks/11_train_on_gpu.ipynb.
     """
     bare = unwrap(model)
     cfg = getattr(bare, "cfg", None)
@@ -332,7 +334,10 @@ def describe_model(model) -> dict:
 
 
 def dataset_fingerprint(dataset) -> dict:
-    """{"num_images", "image_ids_sha256"}: the digest of the ordered `.image_ids` (None when the dataset has none)."""
+    """{"num_images", "image_ids_sha256"}: the digest of the ordered `.image_ids` (None when the dataset has none).
+
+    Built in notebooks/11_train_on_gpu.ipynb.
+    """
     ids = getattr(dataset, "image_ids", None)
     digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest() if ids is not None else None
     return {"num_images": len(dataset), "image_ids_sha256": digest}
@@ -372,6 +377,7 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, model_info: dict, fingerprint:
     neither free nor a schedule field differ from the current run (ValueError listing `field: saved -> now`).
 
     model_info: `describe_model` of the current model; fingerprint: `dataset_fingerprint` of the current training set.
+    Built in notebooks/11_train_on_gpu.ipynb.
     """
     saved_info, saved_cfg, now_cfg = ckpt.get("model_info") or {}, ckpt["train_config"], _lists(asdict(cfg))
     pairs = {f"model.{k}": (saved_info.get(k), model_info[k]) for k in ("num_classes",)}
@@ -508,7 +514,8 @@ def _check_plain(name: str, value) -> None:
 
 def _resume(ckpt_path: Path, model, optimizer, scaler, cfg: TrainConfig, info: dict, fingerprint: dict) -> int:
     """Load the checkpoint into model, optimiser, scaler and the generators after `check_resumable`; its step."""
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must be CPU tensors; load_state_dict moves
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must be CPU tensors (a GPU run's too);
+    # load_state_dict copies the weights and optimiser state to the parameters' device
     check_resumable(ckpt, cfg, info, fingerprint, ckpt_path)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
