@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NB     ?= notebooks/*.ipynb
 
-.PHONY: install train test test-reference lab notebooks bench clean
+.PHONY: install train test test-browser test-reference lab notebooks bench clean
 
 install: $(STAMP)
 
@@ -23,6 +24,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider notebooks
 
+## make test-browser: each notebook run in JupyterLab in headless Chromium, one control of every widget moved and its
+## picture checked to change (NB=notebooks/05_rpn.ipynb for one). Needs Debian's chromium and chromium-driver.
+BROWSER_STAMP := $(VENV)/.installed-browser
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev,browser]'
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP)
+	$(BIN)/python .ci/browser_test.py $(NB)
+
 ## make test-reference: parity tests against torchvision, in a separate venv with a CUDA build of torch
 test-reference:
 	bash .ci/reference-venv.sh .venv-reference >/dev/null
@@ -34,7 +45,6 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
 ## make notebooks: re-execute the notebooks in place and strip volatile metadata (NB=notebooks/05_rpn.ipynb for one)
-NB ?= notebooks/*.ipynb
 notebooks: $(STAMP)
 	$(BIN)/python .ci/execute_notebooks.py $(NB)
 
