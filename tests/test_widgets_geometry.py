@@ -6,8 +6,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from minimaskrcnn import build_model  # noqa: E402
 from minimaskrcnn.anchors import best_anchor_iou, grid_anchors, cell_anchors  # noqa: E402
 from minimaskrcnn.boxes import box_iou, nms  # noqa: E402
+from minimaskrcnn.model import PRESETS  # noqa: E402
 from minimaskrcnn.viz.geometry import draw_box_coding, draw_iou, plot_anchor_coverage  # noqa: E402
 from minimaskrcnn.widgets.geometry import (  # noqa: E402
     anchor_explorer,
@@ -24,17 +26,56 @@ GT = torch.tensor([[10.0, 10, 40, 30], [50, 20, 90, 60]])
 
 
 def test_anchor_view_counts_and_draws():
-    fig, anchors = anchor_view(IMAGE, 16, (0.5, 1.0, 2.0), 8)
+    fig, anchors = anchor_view(IMAGE, (16,), (0.5, 1.0, 2.0), 8)
     assert anchors.shape == (8 * 12 * 3, 4)
     ax = fig.axes[0]
     assert len(ax.patches) == 3 + 1  # the highlighted location's 3 anchors + the image frame
     assert "8x12 locations" in ax.get_title()
     plt.close(fig)
-    fig, anchors = anchor_view(IMAGE, 32, (1.0,), 32, fig=plt.figure())
-    assert anchors.shape == (2 * 3, 4) and len(fig.axes) == 1
+    fig, anchors = anchor_view(IMAGE, (12, 15, 19), (1.0,), 32, fig=plt.figure())
+    assert anchors.shape == (2 * 3 * 3, 4) and len(fig.axes) == 1
+    cell = cell_anchors((12, 15, 19), (1.0,))  # the first location sits at (0, 0), the next one stride px right
+    assert torch.equal(anchors[:3], cell) and torch.equal(anchors[3:6], cell + torch.tensor([32.0, 0, 32, 0]))
+    assert fig.axes[0].get_title().startswith("sizes 12/15/19, ratios 1, stride 32")
     plt.close(fig)
     with pytest.raises(ValueError, match="stride"):
-        anchor_view(IMAGE, 16, (1.0,), 0)
+        anchor_view(IMAGE, (16,), (1.0,), 0)
+    with pytest.raises(ValueError, match="at least one size"):
+        anchor_view(IMAGE, (), (1.0,), 8)
+
+
+def _on_grid(slider, value):
+    steps = (value - slider.min) / slider.step
+    return slider.min <= value <= slider.max and steps == round(steps)
+
+
+def test_anchor_explorer_levels_give_the_presets_exact_sizes(capsys):
+    """Picking a level holds exactly the tiny preset's sizes (no rounding by a slider's steps), its ratio and the
+    stride of the model's FPN map; the free size slider's grid contains every preset size."""
+    cfg = PRESETS["tiny"]
+    model = build_model("tiny", num_classes=2)
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, cfg.min_size, cfg.min_size))
+    strides = [cfg.min_size // f.shape[-1] for f in features.values()]
+    image = torch.rand(3, cfg.min_size, cfg.min_size)
+    plt.close("all")
+    explorer = anchor_explorer(image, cfg.anchor_sizes, cfg.aspect_ratios, strides)
+    level, stride = explorer.children[0].children
+    sizes, ratios, extra = explorer.children[1].children
+    assert level.value == 0 and sizes.value == (12, 15, 19) and ratios.value == (1.0,) and stride.value == 4
+    assert "48x48 locations x 3 = 6912 anchors" in plt.gcf().axes[0].get_title()  # the default picture
+    for i in (3, 1, 4, 2, 0):
+        level.value = i
+        assert sizes.value == tuple(cfg.anchor_sizes[i]) and ratios.value == tuple(cfg.aspect_ratios[i])
+        assert stride.value == strides[i] and extra.value == 0
+        assert all(_on_grid(extra, size) for size in sizes.value)
+        title = plt.gcf().axes[0].get_title()
+        assert title.startswith(f"sizes {'/'.join(str(s) for s in cfg.anchor_sizes[i])}, ratios 1, stride {strides[i]}")
+    extra.value = 24
+    assert plt.gcf().axes[0].get_title().startswith("sizes 12/15/19/24,")
+    ratios.value = ()  # nothing to draw: a message instead of a traceback or a stale picture
+    assert "at least one size and one ratio" in capsys.readouterr().out
+    plt.close("all")
 
 
 def test_matching_view_labels_follow_the_thresholds():
@@ -65,7 +106,7 @@ def test_nms_view_and_fake_detections():
 
 
 def test_explorers_build_and_viz_helpers():
-    for widget in (anchor_explorer(IMAGE), matching_explorer(IMAGE, GT, grid_anchors(cell_anchors((16,), (1.0,)),
+    for widget in (anchor_explorer(IMAGE, ((16,), (32,)), ((1.0,), (0.5, 1.0)), (8, 16)), matching_explorer(IMAGE, GT, grid_anchors(cell_anchors((16,), (1.0,)),
                                                                                        (8, 12), (8, 8))),
                    nms_explorer(*cluster_detections(GT, 5), image_size=(64, 96))):
         assert widget.children

@@ -1,4 +1,4 @@
-"""Explorers for the geometry: anchors (size/ratio/level/stride), the Matcher's thresholds, the NMS threshold.
+"""Explorers for the geometry: anchors (level, sizes, ratios, stride), the Matcher's thresholds, the NMS threshold.
 
 Built in notebooks/01_anchors.ipynb, 02_iou_matching.ipynb and 03_box_coding_nms.ipynb. Each explorer's callback
 (`anchor_view`, `matching_view`, `nms_view`) is a plain function the tests call; the widgets only wire sliders to it.
@@ -19,49 +19,79 @@ def _figure(fig, size):
     return fig
 
 
-def anchor_view(image, size: float, ratios: tuple[float, ...], stride: int, fig=None):
-    """Callback of the anchor explorer: the anchors of one level (one size, the given ratios h / w, a stride).
+def anchor_view(image, sizes: tuple[float, ...], ratios: tuple[float, ...], stride: int, fig=None):
+    """Callback of the anchor explorer: the anchors of one level (every size x every ratio h / w, one stride).
 
-    image: Tensor[3, H, W]. The feature map of that level has (H // stride, W // stride) locations.
+    image: Tensor[3, H, W], in the frame the anchors are for (the model's resized image). The feature map of that
+    level has (H // stride, W // stride) locations, each with A = len(sizes) * len(ratios) anchors.
     Returns (figure, anchors Tensor[H//stride * W//stride * A, 4]).
     """
-    if stride < 1 or size <= 0 or not ratios:
-        raise ValueError(f"anchor_view: need stride >= 1, size > 0 and some ratios, got {stride}, {size}, {ratios}")
+    if stride < 1 or not sizes or not ratios or min(sizes) <= 0 or min(ratios) <= 0:
+        raise ValueError(f"anchor_view: need stride >= 1 and at least one size and one ratio, all > 0; got stride "
+                         f"{stride}, sizes {tuple(sizes)}, ratios {tuple(ratios)}")
     height, width = image.shape[-2:]
     feature_size = (max(1, height // stride), max(1, width // stride))
-    anchors = grid_anchors(cell_anchors((size,), tuple(ratios)), feature_size, (stride, stride))
+    anchors = grid_anchors(cell_anchors(tuple(sizes), tuple(ratios)), feature_size, (stride, stride))
+    per_location = len(sizes) * len(ratios)
     fig = _figure(fig, (4.5, 4.5))
-    draw_anchors(fig.add_subplot(), anchors, len(ratios), image=image,
-                 title=f"size {size:g}, stride {stride}: {feature_size[0]}x{feature_size[1]} locations "
-                       f"x {len(ratios)} = {len(anchors)} anchors")
+    draw_anchors(fig.add_subplot(), anchors, per_location, image=image,
+                 title=f"sizes {'/'.join(f'{s:g}' for s in sizes)}, ratios {'/'.join(f'{r:g}' for r in ratios)}, "
+                       f"stride {stride}:\n{feature_size[0]}x{feature_size[1]} locations x {per_location} "
+                       f"= {len(anchors)} anchors")
     return fig, anchors
 
 
-def anchor_explorer(image, level_sizes=(8, 16, 32, 64, 128), level_strides=(4, 8, 16, 32, 64)):
-    """Sliders for size, ratio and stride; picking a level sets size and stride to that level's configuration."""
-    level = widgets.Dropdown(options=[(f"level {i} (P{i + 2})", i) for i in range(len(level_sizes))],
-                             description="level")
-    size = widgets.FloatLogSlider(value=level_sizes[0], base=2, min=1, max=9, step=0.25, description="size")
-    ratio = widgets.FloatLogSlider(value=1.0, base=2, min=-2, max=2, step=0.25, description="ratio h/w")
-    three = widgets.Checkbox(True, description="ratios (r/2, r, 2r)", indent=False)
-    stride = widgets.IntSlider(level_strides[0], 2, 128, description="stride")
+def anchor_explorer(image, anchor_sizes, aspect_ratios, strides):
+    """Pick a level of a model's anchor configuration, then change its sizes, ratios and stride.
+
+    anchor_sizes / aspect_ratios: per level, as in a MaskRCNNConfig (e.g. PRESETS["tiny"]); strides: per level,
+    image size // feature size of the model's FPN maps; image: Tensor[3, H, W] in the frame of those strides.
+    Sizes and ratios are chosen from lists that hold the configuration's exact values (a browser snaps a slider's
+    value to its steps, which would round them); the "extra size" slider, in steps of 1 px (0 = none), adds one
+    free size. Picking a level restores that level's sizes, ratios and stride.
+    """
+    if not len(anchor_sizes) == len(aspect_ratios) == len(strides):
+        raise ValueError(f"anchor_explorer: one entry per level, got {len(anchor_sizes)} sizes, "
+                         f"{len(aspect_ratios)} ratios and {len(strides)} strides")
+    all_sizes = sorted({float(s) for level in anchor_sizes for s in level})
+    all_ratios = sorted({0.25, 0.5, 1.0, 2.0, 4.0} | {float(r) for level in aspect_ratios for r in level})
+    level = widgets.Dropdown(description="level", options=[
+        (f"P{i + 2}: stride {stride}, sizes {'/'.join(f'{s:g}' for s in sizes)}", i)
+        for i, (sizes, stride) in enumerate(zip(anchor_sizes, strides))])
+    sizes = widgets.SelectMultiple(options=[(f"{s:g}", s) for s in all_sizes], rows=5, description="sizes")
+    ratios = widgets.SelectMultiple(options=[(f"{r:g}", r) for r in all_ratios], rows=5, description="ratios h/w")
+    extra = widgets.FloatSlider(0, min=0, max=2 * all_sizes[-1], step=1, description="extra size")
+    stride = widgets.IntSlider(strides[0], min=1, max=max(128, 2 * max(strides)), description="stride")
     out = widgets.Output()
+    picking = [False]  # True while a level sets several controls: redraw once at the end
 
     def redraw(_=None):
-        ratios = (ratio.value / 2, ratio.value, ratio.value * 2) if three.value else (ratio.value,)
+        if picking[0]:
+            return
+        chosen = tuple(sizes.value) + ((extra.value,) if extra.value > 0 else ())
         with out:
             out.clear_output(wait=True)
-            fig, _ = anchor_view(image, size.value, ratios, stride.value)
+            try:
+                anchor_view(image, chosen, tuple(ratios.value), stride.value)
+            except ValueError as error:
+                print(error)
+                return
             plt.show()
 
     def set_level(_=None):
-        size.value, stride.value = level_sizes[level.value], level_strides[level.value]
+        picking[0] = True
+        i = level.value
+        sizes.value = tuple(float(s) for s in anchor_sizes[i])
+        ratios.value = tuple(float(r) for r in aspect_ratios[i])
+        stride.value, extra.value = strides[i], 0
+        picking[0] = False
+        redraw()
 
     level.observe(set_level, "value")
-    for w in (size, ratio, three, stride):
-        w.observe(redraw, "value")
-    redraw()
-    return widgets.VBox([widgets.HBox([level, three]), widgets.HBox([size, ratio, stride]), out])
+    for control in (sizes, ratios, extra, stride):
+        control.observe(redraw, "value")
+    set_level()
+    return widgets.VBox([widgets.HBox([level, stride]), widgets.HBox([sizes, ratios, extra]), out])
 
 
 def matching_view(image, gt_boxes, anchors, high: float, low: float, allow_low_quality: bool, fig=None):
