@@ -106,8 +106,9 @@ def test_nms_view_and_fake_detections():
 
 
 def test_explorers_build_and_viz_helpers():
-    for widget in (anchor_explorer(IMAGE, ((16,), (32,)), ((1.0,), (0.5, 1.0)), (8, 16)), matching_explorer(IMAGE, GT, grid_anchors(cell_anchors((16,), (1.0,)),
-                                                                                       (8, 12), (8, 8))),
+    level_anchors = grid_anchors(cell_anchors((16,), (1.0,)), (8, 12), (8, 8))
+    for widget in (anchor_explorer(IMAGE, ((16,), (32,)), ((1.0,), (0.5, 1.0)), (8, 16)),
+                   matching_explorer(IMAGE, GT, level_anchors),
                    nms_explorer(*cluster_detections(GT, 5), image_size=(64, 96))):
         assert widget.children
     fig, axes = plt.subplots(1, 3)

@@ -19,8 +19,9 @@ def trace_shapes(model, image: torch.Tensor) -> dict:
 
     image: Tensor[3, H, W] in 0..1. Returns {"image", "batch", "features" {level: shape}, "anchors" [shape per
     level], "objectness" [(1, A, H_l, W_l) per level], "proposals", "box_rois", "box_features", "class_logits",
-    "box_regression", "detections" (the boxes after NMS, resized frame), "mask_rois", "mask_features", "mask_logits", and the outputs "boxes", "labels", "scores",
-    "masks"}, every shape a tuple. The model's training mode is restored afterwards.
+    "box_regression", "detections" (the boxes after NMS, resized frame), "mask_rois", "mask_features",
+    "mask_logits", and the outputs "boxes", "labels", "scores", "masks"}, every shape a tuple. The model's training
+    mode is restored afterwards.
     """
     shapes = {"image": tuple(image.shape)}
 
@@ -30,7 +31,8 @@ def trace_shapes(model, image: torch.Tensor) -> dict:
     heads = model.roi_heads
     hooks = [
         model.backbone.register_forward_hook(keep("batch", lambda args, out: tuple(args[0].shape))),
-        model.backbone.register_forward_hook(keep("features", lambda a, out: {k: tuple(v.shape) for k, v in out.items()})),
+        model.backbone.register_forward_hook(keep("features", lambda a, out: {k: tuple(f.shape)
+                                                                               for k, f in out.items()})),
         model.rpn.anchor_generator.register_forward_hook(keep("anchors", lambda a, out: [tuple(x.shape) for x in out])),
         model.rpn.head.register_forward_hook(keep("objectness", lambda a, out: [tuple(x.shape) for x in out[0]])),
         model.rpn.register_forward_hook(keep("proposals", lambda a, out: tuple(out[0][0].shape))),
