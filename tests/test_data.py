@@ -1,6 +1,8 @@
 """Tests for minimaskrcnn.data: the shapes generator, CocoDataset on hand-written COCO files, bad input, collate."""
 import json
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -9,7 +11,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from minimaskrcnn.data import MIN_VISIBLE_AREA, SHAPE_CLASSES, CocoDataset, collate, make_shapes, mask_to_xywh
+from minimaskrcnn.data import (MAX_REPORTED_PROBLEMS, MIN_VISIBLE_AREA, SHAPE_CLASSES, CocoDataset, check_dataset,
+                               collate, make_shapes, mask_to_rle, mask_to_xywh, read_image)
+from minimaskrcnn.evaluation import evaluate_predictions
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +146,7 @@ def test_coco_round_trip_every_segmentation_kind(tmp_path):
     for mask, ann_id in zip(target["masks"], (1, 2, 3)):
         assert np.array_equal(mask.numpy(), coco.annToMask(coco.anns[ann_id]))
     assert target["masks"][2].sum() == 15 and target["masks"][2][10:15, 3:6].all()
+    assert set(target["masks"].unique().tolist()) == {0, 1}  # uint8 0/1, whatever the segmentation kind
     # the empty image is returned, with empty targets of the right shapes
     image, target = dataset[1]
     assert image.shape == (3, 16, 16) and target["image_id"] == 12
@@ -188,7 +193,8 @@ def test_annotation_with_unknown_image(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][1]["image_id"] = 99
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: annotation id 2: field 'image_id' = 99"):
+    with pytest.raises(ValueError, match=r"instances\.json: image id 99, annotation id 2: field 'image_id' = 99 is not "
+                                         r"the id of any image"):
         CocoDataset(images_dir, path)
 
 
@@ -196,7 +202,7 @@ def test_annotation_with_unknown_category(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][0]["category_id"] = 5
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: field 'category_id' = 5"):
+    with pytest.raises(ValueError, match=r"instances\.json: image id 11, annotation id 1: field 'category_id' = 5"):
         CocoDataset(images_dir, path)
 
 
@@ -204,8 +210,8 @@ def test_polygon_with_two_points(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: field 'segmentation' polygon 0 has "
-                                         r"4 coordinates"):
+    with pytest.raises(ValueError, match=r"instances\.json: image id 11, annotation id 1: field 'segmentation' polygon 0 "
+                                         r"has 4 coordinates"):
         CocoDataset(images_dir, path)
 
 
@@ -213,7 +219,7 @@ def test_bbox_of_wrong_length(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][1]["bbox"] = [1, 2, 3]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: annotation id 2: field 'bbox' must be"):
+    with pytest.raises(ValueError, match=r"instances\.json: image id 11, annotation id 2: field 'bbox' must be"):
         CocoDataset(images_dir, path)
 
 
@@ -221,22 +227,23 @@ def test_rle_of_another_size_than_its_image(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][2]["segmentation"]["size"] = [30, 20]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"annotation id 3: field 'segmentation' has size \[30, 20\] but image id 11"):
+    with pytest.raises(ValueError, match=r"image id 11, annotation id 3: field 'segmentation' has size \[30, 20\] but "
+                                         r"its image is 20 x 30"):
         CocoDataset(images_dir, path)
 
 
 def test_missing_annotation_field(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
-    del data["annotations"][2]["segmentation"]
+    del data["annotations"][2]["category_id"]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: annotation id 3: missing field 'segmentation'"):
+    with pytest.raises(ValueError, match=r"instances\.json: annotation id 3: missing field 'category_id'"):
         CocoDataset(images_dir, path)
 
 
 def test_missing_image_file(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     (images_dir / "b.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"instances\.json: image id 12: field 'file_name' = 'b\.png'"):
+    with pytest.raises(ValueError, match=r"instances\.json: image id 12: field 'file_name' = 'b\.png' not found"):
         CocoDataset(images_dir, path)
 
 
@@ -253,6 +260,346 @@ def test_degenerate_annotations_skipped_with_one_warning(tmp_path):
     assert dataset.num_skipped == 3
     _, target = dataset[0]
     assert len(target["labels"]) == 0 and target["masks"].shape == (0, 20, 30)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images as they come
+# ----------------------------------------------------------------------------------------------------------------
+def _pixels(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def _palette_image(index, palette, transparency=None):
+    img = Image.fromarray(index, mode="P")
+    img.putpalette(palette.ravel().tolist())
+    if transparency is not None:
+        img.info["transparency"] = transparency
+    return img
+
+
+def _mode_cases():
+    """(name, PIL image to save, file suffix, expected float64 array (H, W, 3) in 0..1, tolerance)."""
+    rgb = _pixels(6, 7)
+    gray = rgb[..., 0]
+    alpha = np.random.default_rng(1).integers(0, 256, size=(6, 7), dtype=np.uint8)
+    alpha[0, 0] = 0  # fully transparent pixels keep their colour too
+    index = (np.arange(42).reshape(6, 7) % 5).astype(np.uint8)
+    palette = np.random.default_rng(2).integers(0, 256, size=(256, 3), dtype=np.uint8)
+    words = np.array([[0, 1, 255, 256, 1000, 40000, 65535]] * 6, np.uint16)  # 16-bit: past 255, not clipped
+    ink = np.array([[0, 255, 0, 0], [0, 0, 0, 255], [100, 50, 20, 30], [255, 255, 255, 0]], np.uint8)
+    cmyk = np.broadcast_to(ink[None], (3, 4, 4)).copy()
+    cmy, k = cmyk[..., :3].astype(np.float64) / 255, cmyk[..., 3:].astype(np.float64) / 255
+    bits = np.random.default_rng(3).integers(0, 2, size=(6, 7)).astype(bool)
+    repeat = lambda plane: np.repeat(plane[..., None], 3, axis=2)  # noqa: E731
+    return [
+        ("RGB", Image.fromarray(rgb), "png", rgb / 255, 0),
+        ("RGBA", Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), "png", rgb / 255, 0),
+        ("L", Image.fromarray(gray), "png", repeat(gray / 255), 0),
+        ("LA", Image.fromarray(np.dstack([gray, alpha]), mode="LA"), "png", repeat(gray / 255), 0),
+        ("1", Image.fromarray(bits), "png", repeat(bits.astype(np.float64)), 0),
+        ("P", _palette_image(index, palette), "png", palette[index] / 255, 0),
+        ("P+transparency", _palette_image(index, palette, bytes([0, 128, 255, 7])), "png", palette[index] / 255, 0),
+        ("P+one transparent colour", _palette_image(index, palette, 2), "png", palette[index] / 255, 0),
+        ("CMYK", Image.fromarray(cmyk, mode="CMYK"), "tif", (1 - cmy) * (1 - k), 1 / 255),
+        ("I;16", Image.fromarray(words), "png", repeat(words / 65535), 1e-6),
+        ("I", Image.fromarray(words.astype(np.int32)), "tif", repeat(words / 65535), 1e-6),
+    ]
+
+
+@pytest.mark.parametrize("case", _mode_cases(), ids=lambda case: case[0])
+def test_read_image_converts_every_mode(tmp_path, case):
+    name, img, suffix, expected, tolerance = case
+    path = tmp_path / f"image.{suffix}"
+    img.save(path)
+    mode = Image.open(path).mode
+    assert mode.split(";")[0] == name.split("+")[0].split(";")[0], f"the file was saved as {mode}, not {name}"
+    image = read_image(path)
+    assert image.dtype == torch.float32 and image.shape == (3, *expected.shape[:2])
+    assert np.abs(image.permute(1, 2, 0).double().numpy() - expected).max() <= tolerance + 1e-7
+
+
+def test_read_image_refuses_pixels_without_a_known_scale(tmp_path):
+    Image.fromarray(np.array([[0, 70000]], np.int32)).save(tmp_path / "int32.tif")
+    Image.fromarray(np.array([[0.0, 0.5]], np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"int32\.tif: cannot read the image .*0 to 70000"):
+        read_image(tmp_path / "int32.tif")
+    with pytest.raises(ValueError, match=r"float\.tif: cannot read the image .*floating-point"):
+        read_image(tmp_path / "float.tif")
+
+
+# how a camera stores the displayed picture D for each EXIF orientation (numpy only: independent of PIL's table)
+STORED_FOR_ORIENTATION = {
+    2: lambda d: d[:, ::-1], 3: lambda d: d[::-1, ::-1], 4: lambda d: d[::-1],
+    5: lambda d: d.transpose(1, 0, 2), 6: lambda d: np.rot90(d, 1), 7: lambda d: d[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda d: np.rot90(d, -1),
+}
+
+
+def _exif_dataset(tmp_path, orientation, suffix="png", json_size=None):
+    """A 12 x 20 displayed image with a bright box (rows 2-5, columns 3-10) annotated on the displayed pixels."""
+    displayed = _pixels(12, 20) // 2
+    displayed[2:6, 3:11] = 250
+    stored = np.ascontiguousarray(STORED_FOR_ORIENTATION[orientation](displayed))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "images").mkdir()
+    Image.fromarray(stored).save(tmp_path / "images" / f"photo.{suffix}", exif=exif)
+    height, width = json_size or (12, 20)
+    data = {"images": [{"id": 1, "file_name": f"photo.{suffix}", "height": height, "width": width}],
+            "categories": [{"id": 1, "name": "box"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                             "segmentation": [[3, 2, 11, 2, 11, 6, 3, 6]]}]}
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    return tmp_path / "images", tmp_path / "instances.json", displayed
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_FOR_ORIENTATION))
+def test_exif_orientation_applied_to_pixels_and_masks(tmp_path, orientation):
+    images_dir, path, displayed = _exif_dataset(tmp_path, orientation)
+    dataset = CocoDataset(images_dir, path, check=True)
+    image, target = dataset[0]
+    assert torch.equal(image, torch.from_numpy(displayed).permute(2, 0, 1).float() / 255)
+    bright = torch.from_numpy((displayed == 250).all(axis=2).astype(np.uint8))
+    assert torch.equal(target["masks"][0], bright)  # the mask lies on the bright box of what a viewer shows
+    assert target["boxes"].tolist() == [[3, 2, 11, 6]]
+
+
+def test_exif_orientation_of_a_jpeg_photo(tmp_path):
+    images_dir, path, displayed = _exif_dataset(tmp_path, 6, suffix="jpg")
+    image, target = CocoDataset(images_dir, path)[0]
+    assert image.shape == (3, 12, 20)
+    bright = target["masks"][0].bool()
+    assert image[:, bright].mean() > 0.9 and image[:, ~bright].mean() < 0.6  # JPEG is lossy: the box stays bright
+
+
+def test_size_of_the_stored_not_displayed_image_is_explained(tmp_path):
+    images_dir, path, _ = _exif_dataset(tmp_path, 6, json_size=(20, 12))  # the JSON has the un-rotated size
+    with pytest.raises(ValueError, match=r"image id 1: fields 'height', 'width' = 20, 12 but .*photo\.png is 12 x 20 "
+                                         r"as displayed \(EXIF orientation 6 applied; the file stores 20 x 12"):
+        CocoDataset(images_dir, path, check=True)
+
+
+def test_truncated_image_found_by_check_and_named_when_loaded(tmp_path):
+    images_dir, path, _ = _coco_file(tmp_path)
+    whole = (images_dir / "b.png").read_bytes()
+    (images_dir / "b.png").write_bytes(whole[: len(whole) // 2])
+    dataset = CocoDataset(images_dir, path)  # cheap: nothing decoded, so nothing found yet
+    dataset[0]
+    expected = r"instances\.json: image id 12: field 'file_name' = 'b\.png': .*b\.png: cannot read the image"
+    with pytest.raises(ValueError, match=expected):
+        dataset[1]
+    with pytest.raises(ValueError, match="1 problem.*\n.*" + expected):
+        CocoDataset(images_dir, path, check=True)
+    (problem,) = check_dataset(images_dir, path)
+    assert "image id 12" in problem and "truncated" in problem
+
+
+def test_not_an_image_at_all(tmp_path):
+    images_dir, path, _ = _coco_file(tmp_path)
+    (images_dir / "a.png").write_text("not a picture")
+    (problem,) = check_dataset(images_dir, path)
+    assert re.search(r"image id 11: field 'file_name' = 'a\.png': .*a\.png: cannot read the image "
+                     r"\(UnidentifiedImageError", problem)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COCO files as exported
+# ----------------------------------------------------------------------------------------------------------------
+def test_check_reports_every_problem_at_once(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    _write_image(images_dir, "c.png", 10, 10)
+    data["images"] += [{"id": "img_003", "file_name": "c.png", "height": 10, "width": 10},
+                       {"id": 14, "file_name": "../escape.png", "height": 10, "width": 10},
+                       {"id": 15, "file_name": "c.png", "height": 0, "width": 10},
+                       {"id": 16, "file_name": "c.png", "height": 10, "width": 11}]  # wrong size: seen by decoding
+    data["annotations"][0]["bbox"] = [15, 2, -10, 10]
+    data["annotations"][1]["segmentation"] = [[1, 1, float("nan"), 5, 9, 9]]
+    data["annotations"][2]["area"] = float("inf")
+    data["categories"][2]["id"] = "7"
+    path.write_text(json.dumps(data))
+    problems = check_dataset(images_dir, path)
+    expected = [
+        r"image id 'img_003': field 'id' must be an integer",
+        r"image id 14: field 'file_name' = '\.\./escape\.png' leads outside the image folder",
+        r"image id 15: field 'height' = 0 must be a positive integer",
+        r"category id '7': field 'id' must be an integer",
+        r"image id 11, annotation id 1: field 'category_id' = 7 is not the id of any category",  # it is now "7"
+        r"image id 11, annotation id 1: field 'bbox' = \[15, 2, -10, 10\] has a negative width or height",
+        r"image id 11, annotation id 2: field 'segmentation' polygon 0 holds a value that is not a finite number",
+        r"image id 11, annotation id 3: field 'area' = inf must be a finite number >= 0",
+        r"image id 16: fields 'height', 'width' = 10, 11 but .*c\.png is 10 x 10 as displayed",
+    ]
+    assert len(problems) == len(expected)
+    for line, pattern in zip(problems, expected):
+        assert re.search(r"instances\.json: " + pattern, line), (pattern, line)
+    with pytest.raises(ValueError) as caught:
+        CocoDataset(images_dir, path, check=True)
+    assert str(caught.value).splitlines() == [f"{path}: {len(expected)} problem(s) in this dataset:",
+                                              *(f"  {line}" for line in problems)]
+    with pytest.raises(ValueError) as caught:  # without check: the same, less what only decoding finds
+        CocoDataset(images_dir, path)
+    assert str(caught.value).splitlines()[1:] == [f"  {line}" for line in problems[:-1]]
+
+
+def test_many_problems_are_capped_in_the_error(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    extra = MAX_REPORTED_PROBLEMS + 5
+    data["annotations"] += [{"id": 100 + i, "image_id": 11, "category_id": 3, "segmentation": [[1, 1, 5, 1, 5, 5]],
+                             "bbox": [1, 1, 4, float("nan")]} for i in range(extra)]
+    path.write_text(json.dumps(data))
+    assert len(check_dataset(images_dir, path)) == extra
+    with pytest.raises(ValueError) as caught:
+        CocoDataset(images_dir, path)
+    lines = str(caught.value).splitlines()
+    assert lines[0].endswith(f"{extra} problem(s) in this dataset:") and len(lines) == MAX_REPORTED_PROBLEMS + 2
+    assert lines[-1] == "  ... and 5 more (minimaskrcnn.data.check_dataset or `python -m minimaskrcnn check-data` " \
+                        "lists them all)"
+
+
+def test_check_dataset_on_a_clean_dataset_and_a_missing_file(tmp_path, capsys):
+    images_dir, path, _ = _coco_file(tmp_path)
+    assert check_dataset(images_dir, path, progress=True) == []
+    assert capsys.readouterr().out.splitlines() == ["check_dataset: 1/2 images", "check_dataset: 2/2 images"]
+    assert check_dataset(images_dir, tmp_path / "nope.json") == [f"{tmp_path / 'nope.json'}: annotation file not found"]
+
+
+@pytest.mark.parametrize("field", ["images", "annotations", "categories"])
+def test_duplicate_ids_refused(tmp_path, field):
+    images_dir, path, data = _coco_file(tmp_path)
+    data[field].append(dict(data[field][0]))
+    path.write_text(json.dumps(data))
+    kind = {"images": "image", "annotations": "annotation", "categories": "category"}[field]
+    first_id = data[field][0]["id"]
+    with pytest.raises(ValueError, match=rf"instances\.json: {kind} id {first_id}: 2 entries share this id"):
+        CocoDataset(images_dir, path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["images"][0].update(file_name=str(Path("/etc/passwd"))), r"image id 11: field 'file_name' = "
+                                                                             r"'/etc/passwd' leads outside"),
+    (lambda d: d["images"][0].update(width=0), r"image id 11: field 'width' = 0 must be a positive integer"),
+    (lambda d: d["images"][0].update(height=20.0), r"image id 11: field 'height' = 20\.0 must be a positive integer"),
+    (lambda d: d["annotations"][0].update(bbox=[15, 2, 10, float("inf")]), r"annotation id 1: field 'bbox' = "
+                                                                            r"\[15, 2, 10, inf\] is not finite"),
+    (lambda d: d["annotations"][0].update(bbox=[31, 2, 10, 10]), r"annotation id 1: field 'bbox' = \[31, 2, 10, 10\] "
+                                                                  r"lies entirely outside its 20 x 30 image"),
+    (lambda d: d["annotations"][0].update(bbox=[-12, 2, 10, 10]), r"annotation id 1: field 'bbox' = "
+                                                                   r"\[-12, 2, 10, 10\] lies entirely outside"),
+    (lambda d: d["annotations"][0].update(category_id=7.5), r"annotation id 1: field 'category_id' = 7\.5 is not "
+                                                             r"the id of any category"),
+    (lambda d: d["annotations"][0].update(iscrowd=2), r"annotation id 1: field 'iscrowd' = 2 must be 0 or 1"),
+    (lambda d: d["annotations"][0].update(id="a1"), r"annotation id 'a1': field 'id' must be an integer"),
+    (lambda d: d["annotations"][2]["segmentation"].update(counts=[70, 5, 15]),
+     r"annotation id 3: field 'segmentation' counts add up to 90 pixels but its image has 20 x 30"),
+    (lambda d: d["annotations"][1]["segmentation"].update(counts="has spaces"),
+     r"annotation id 2: field 'segmentation' counts must be a list of run lengths or a compressed RLE string"),
+])
+def test_coco_as_exported_refused(tmp_path, change, message):
+    images_dir, path, data = _coco_file(tmp_path)
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"instances\.json: (image id 11, )?" + message):
+        CocoDataset(images_dir, path)
+
+
+def test_string_image_ids_refused_with_the_fix(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["images"][0]["id"] = "img_001"
+    for ann in data["annotations"]:
+        ann["image_id"] = "img_001"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as caught:
+        CocoDataset(images_dir, path)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2  # said once, for the image, not again for each of its annotations
+    assert lines[1].endswith("image id 'img_001': field 'id' must be an integer (pycocotools matches results to "
+                             "images by integer id): renumber the images and the annotations' 'image_id'")
+
+
+def test_box_only_export_refused_saying_how_many_and_which(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["annotations"][0]["segmentation"] = []
+    del data["annotations"][2]["segmentation"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"instances\.json: 2 annotation\(s\) have no mask \(field 'segmentation' "
+                                         r"missing or \[\]\): annotation ids 1 \(image 11\), 3 \(image 11\)\. A box-only "
+                                         r"export\? Mask R-CNN learns from instance masks"):
+        CocoDataset(images_dir, path)
+
+
+def test_missing_bbox_area_iscrowd_derived_and_seen_by_coco_evaluation(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    for ann in data["annotations"]:
+        del ann["bbox"], ann["area"]
+        if ann["id"] != 4:
+            del ann["iscrowd"]
+    path.write_text(json.dumps(data))
+    dataset = CocoDataset(images_dir, path)
+    coco = COCO(str(_coco_file(tmp_path / "complete")[1]))  # the same file with every field written out
+    for ann in dataset.coco.dataset["annotations"]:
+        expected = coco.anns[ann["id"]]
+        assert ann["iscrowd"] == expected["iscrowd"] and ann["area"] == expected["area"]
+        assert ann["bbox"] == expected["bbox"]
+    assert dataset.coco.anns[1]["area"] == 100  # the indexed annotations are the same dicts
+    _, target = dataset[0]
+    assert target["boxes"].tolist() == [[15, 2, 25, 12], [4, 2, 12, 8], [3, 10, 6, 15]]
+    perfect = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(3),
+               "masks": target["masks"][:, None].float()}
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
+             "masks": torch.zeros(0, 1, 16, 16)}
+    metrics = evaluate_predictions(dataset, [perfect, empty], [11, 12])  # KeyError 'area' if it were missing
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_boxes_past_the_image_clipped_with_a_warning(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["annotations"][0]["bbox"] = [15, -3, 20, 15]  # past the top and the right of the 20 x 30 image
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"clipped 1 box\(es\) that extend past their image"):
+        dataset = CocoDataset(images_dir, path)
+    assert dataset.coco.anns[1]["bbox"] == [15, 0, 15, 12]
+    assert dataset[0][1]["boxes"][0].tolist() == [15, 0, 30, 12]
+
+
+def _truncated_rle(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["annotations"][1]["segmentation"]["counts"] = data["annotations"][1]["segmentation"]["counts"][:-2]
+    path.write_text(json.dumps(data))
+    return images_dir, path
+
+
+def test_corrupt_compressed_rle_refused_instead_of_a_garbage_mask(tmp_path):
+    """pycocotools decodes runs that do not cover the image into uninitialised memory (values up to 255)."""
+    images_dir, path = _truncated_rle(tmp_path)
+    expected = (r"instances\.json: image id 11, annotation id 2: field 'segmentation' compressed RLE has runs adding "
+                r"up to \d+ pixels, not the 20 x 30 of its image")
+    (problem,) = check_dataset(images_dir, path)
+    assert re.search(expected, problem)
+    with pytest.raises(ValueError, match=expected):
+        CocoDataset(images_dir, path)[0]
+
+
+def test_rle_string_runs_match_pycocotools(tmp_path):
+    from minimaskrcnn.data import _rle_string_runs
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1), (7, 5), (40, 33)):
+        mask = rng.random(shape) < 0.3
+        runs = _rle_string_runs(mask_to_rle(mask)["counts"])
+        values = np.repeat(np.arange(len(runs)) % 2, runs)  # runs alternate 0, 1, 0, ... in column-major order
+        assert np.array_equal(values.reshape(shape[::-1]).T, mask)
+    assert _rle_string_runs("0P") is None  # a value whose "more follows" bit is set at the end of the string
+
+
+def test_transforms_must_keep_masks_uint8_0_1(tmp_path):
+    images_dir, path, _ = _coco_file(tmp_path)
+
+    def to_255(image, target):
+        return image, {**target, "masks": target["masks"] * 255}
+
+    with pytest.raises(ValueError, match=r"image id 11: the transforms returned masks of dtype torch\.uint8 with "
+                                         r"values up to 255"):
+        CocoDataset(images_dir, path, transforms=to_255)[0]
 
 
 def _load_download_script():
