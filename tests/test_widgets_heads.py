@@ -8,8 +8,8 @@ import torch  # noqa: E402
 
 from minimaskrcnn.model import build_model  # noqa: E402
 from minimaskrcnn.viz.heads import STAGES, draw_sampled_rois, plot_chain, plot_loss_bars  # noqa: E402
-from minimaskrcnn.widgets.heads import (mask_instances, mask_view, roi_view, smooth_l1_view,  # noqa: E402
-                                        stage_explorer, stage_view)
+from minimaskrcnn.widgets.heads import (mask_instances, mask_view, rois_by_confidence, roi_view,  # noqa: E402
+                                        smooth_l1_view, stage_explorer, stage_view)
 
 NAMES = ["background", "square", "circle"]
 
@@ -97,3 +97,8 @@ def test_static_pictures():
     fig, ax = plt.subplots()
     plot_loss_bars(ax, {"x": {"loss_a": 1.0, "loss_b": 2.0}, "y": {"loss_a": 0.5, "loss_b": 0.1}})
     assert len(ax.patches) == 4
+
+
+def test_rois_by_confidence_ignores_the_background():
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.0, 0.1, 0.9]])
+    assert rois_by_confidence(probs) == [3, 1, 2, 0]  # RoI 0 is confident, but about the background

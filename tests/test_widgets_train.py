@@ -58,3 +58,30 @@ def test_history_plot_draws_losses_lr_and_ap():
     assert list(lr_ax.lines[0].get_ydata()) == pytest.approx([0.01, 0.02, 0.03])
     assert [line.get_label() for line in ap_ax.lines] == ["bbox AP", "segm AP"]
     LiveHistory(every=1).update(records[0])  # a real redraw into the Output widget
+
+
+def test_precision_recall_curves_from_pycocotools_arrays():
+    import numpy as np
+
+    from minimaskrcnn.viz.train import class_mean_precision, plot_precision_recall
+
+    iou_thresholds, recall_thresholds = np.linspace(0.5, 0.95, 10), np.linspace(0, 1, 101)
+    precision = np.zeros((10, 101, 3, 4, 3))  # (T, R, K, A, M)
+    precision[:, :51, 0] = 1.0  # class 0: precision 1 up to recall 0.5, then nothing found
+    precision[:, :, 1] = 0.5  # class 1: precision 0.5 everywhere
+    precision[:, :, 2] = -1  # class 2: no ground truth, left out of the mean
+    precision[5:, :, 0, 0, -1] = 0.0  # class 0 is never localised at IoU >= 0.75
+    curves = class_mean_precision(precision)
+    assert curves.shape == (10, 101)
+    assert curves[0, 0] == 0.75 and curves[0, 100] == 0.25 and curves[9, 0] == 0.25
+    ax = plot_precision_recall(Figure().subplots(), precision, iou_thresholds, recall_thresholds)
+    assert len(ax.lines) == 10
+    ap50 = (51 * 1.0 + 101 * 0.5) / 101 / 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        f"IoU 0.50: AP {ap50:.3f}", "IoU 0.75: AP 0.250", "IoU 0.95: AP 0.250"]
+
+
+def test_prediction_browser_starts_at_the_given_threshold():
+    image, pred, target = sample()
+    browser = prediction_browser([image], [pred], [target], CLASSES, score_threshold=0.15)
+    assert browser.children[0].children[1].value == 0.15

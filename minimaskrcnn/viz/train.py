@@ -1,10 +1,13 @@
-"""Pictures of training: loss and learning-rate curves, evaluation history, predictions next to the ground truth.
+"""Pictures of training: loss and learning-rate curves, evaluation history, precision-recall curves, predictions next
+to the ground truth.
 
 Built in notebooks/11_train_on_gpu.ipynb.
 
 Shape glossary
     D      detections (or ground-truth instances) of one image
     H, W   image height and width
+    T      IoU thresholds of COCO AP (0.50, 0.55, ..., 0.95);  R recall points (0, 0.01, ..., 1)
+    K      object classes;  A area ranges (all, small, medium, large);  M max-detections settings (1, 10, 100)
 """
 import numpy as np
 import torch
@@ -43,6 +46,32 @@ def plot_history(records: list[dict], fig=None):
     ax_ap.set(title="validation AP@[.5:.95]", xlabel="step", ylim=(0, 1))
     fig.tight_layout()
     return fig
+
+
+def class_mean_precision(precision: np.ndarray) -> np.ndarray:
+    """pycocotools' COCOeval.eval["precision"] (T, R, K, A, M), -1 where a class has no ground truth -> the
+    precision at each IoU threshold and recall point averaged over the classes that have some: (T, R), for area
+    "all" and the largest max-detections setting (the ones COCO's headline AP uses)."""
+    p = precision[:, :, :, 0, -1]  # (T, R, K, A, M) -> (T, R, K)
+    valid = p > -1
+    return np.where(valid, p, 0).sum(-1) / np.maximum(valid.sum(-1), 1)  # (T, R, K) -> (T, R)
+
+
+def plot_precision_recall(ax, precision: np.ndarray, iou_thresholds, recall_thresholds, title: str | None = None):
+    """Precision-recall curves, one per IoU threshold (class-averaged, see class_mean_precision), from pycocotools'
+    arrays: precision (T, R, K, A, M) = COCOeval.eval["precision"], iou_thresholds (T,) = params.iouThrs,
+    recall_thresholds (R,) = params.recThrs. Each curve's label gives its AP, the mean of its R precision values;
+    COCO's AP is the mean of the T curves' APs, AP50 and AP75 those of the curves at IoU 0.5 and 0.75."""
+    curves = class_mean_precision(precision)
+    colours = __import__("matplotlib").colormaps["viridis"](np.linspace(0, 0.9, len(iou_thresholds)))
+    for t, (iou, curve) in enumerate(zip(iou_thresholds, curves)):
+        named = np.isclose(iou, (0.5, 0.75, 0.95)).any()
+        ax.plot(recall_thresholds, curve, color=colours[t], lw=2 if named else 0.8,
+                label=f"IoU {iou:.2f}: AP {curve.mean():.3f}" if named else None)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=title or f"precision-recall, IoU {iou_thresholds[0]:.2f} (top) to {iou_thresholds[-1]:.2f} (bottom)")
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
 
 
 def _colour(label: int):

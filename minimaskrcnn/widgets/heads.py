@@ -44,9 +44,14 @@ def roi_view(image, proposals, class_probs, refined_boxes, class_names, index: i
     return fig
 
 
+def rois_by_confidence(class_probs) -> list[int]:
+    """Indices of the RoIs, most confident first by their best object-class probability; class_probs: Tensor[P, K+1]."""
+    return class_probs[:, 1:].max(dim=1).values.argsort(descending=True).tolist()
+
+
 def roi_explorer(image, proposals, class_probs, refined_boxes, class_names, gt_boxes=None):
-    """Slider over the proposals, ordered by their best object-class probability (most confident first)."""
-    order = class_probs[:, 1:].max(dim=1).values.argsort(descending=True).tolist()
+    """Slider over the proposals in rois_by_confidence order: rank 0 is roi_view(..., rois_by_confidence(...)[0])."""
+    order = rois_by_confidence(class_probs)
     rank = widgets.IntSlider(0, 0, len(order) - 1, description="RoI rank")
     out = widgets.Output()
 

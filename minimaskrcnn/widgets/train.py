@@ -17,10 +17,11 @@ def prediction_view(images, predictions, targets, class_names, index: int = 0, s
                                     score_threshold, fig=fig)
 
 
-def prediction_browser(images, predictions, targets, class_names):
-    """Image slider + score-threshold slider over predictions and ground truth of a few validation images."""
+def prediction_browser(images, predictions, targets, class_names, score_threshold: float = 0.5):
+    """Image slider + score-threshold slider (starting at score_threshold) over predictions and ground truth of a
+    few validation images."""
     index = widgets.IntSlider(0, 0, len(images) - 1, description="image")
-    threshold = widgets.FloatSlider(0.5, min=0.05, max=0.95, step=0.05, description="score >=")
+    threshold = widgets.FloatSlider(score_threshold, min=0.05, max=0.95, step=0.05, description="score >=")
     out = widgets.Output()
 
     def redraw(_=None):
