@@ -6,6 +6,11 @@ Shape glossary
     N, M   numbers of boxes
     C      number of classes whose deltas are stacked side by side (C = 1 for the RPN)
 Boxes are absolute (x1, y1, x2, y2) floats; width = x2 - x1 (no "+1").
+
+Precision: every function here computes in float32 (or float64) when given float16 / bfloat16 boxes or deltas, as
+mixed precision (autocast) produces them. In half precision an ordinary image's boxes lose whole pixels (bfloat16
+keeps 8 significant bits: 800 +- 4 px) and their areas overflow (float16's largest value, 65504, is less
+than the area of a 256 x 256 px box).
 """
 import math
 
@@ -16,16 +21,24 @@ from torch import Tensor
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
+def upcast(t: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32; other dtypes unchanged. Box arithmetic goes through it (see Precision above)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def box_area(boxes: Tensor) -> Tensor:
-    """boxes: Tensor[N, 4] (x1, y1, x2, y2) -> Tensor[N] areas."""
+    """boxes: Tensor[N, 4] (x1, y1, x2, y2) -> Tensor[N] areas (float32 for half-precision boxes)."""
+    boxes = upcast(boxes)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise intersection over union. boxes1: Tensor[N, 4], boxes2: Tensor[M, 4] -> Tensor[N, M].
 
-    Same semantics as torchvision.ops.box_iou (0/0 for two empty boxes gives NaN there too).
+    Same semantics as torchvision.ops.box_iou (0/0 for two empty boxes gives NaN there too); computed in float32
+    for float16 / bfloat16 boxes.
     """
+    boxes1, boxes2 = upcast(boxes1), upcast(boxes2)
     area1, area2 = box_area(boxes1), box_area(boxes2)
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
@@ -35,8 +48,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip boxes: Tensor[..., 4] to an image of size (height, width)."""
+    """Clip boxes: Tensor[..., 4] to an image of size (height, width); float32 out for half-precision boxes.
+
+    (bfloat16 cannot hold most image sizes: a width of 1333 would be stored as 1336, outside the image.)
+    """
     height, width = size
+    boxes = upcast(boxes)
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
@@ -52,9 +69,11 @@ def encode_boxes(targets: Tensor, anchors: Tensor, weights: tuple[float, float, 
     """Deltas that turn anchors into targets. targets, anchors: Tensor[N, 4] -> Tensor[N, 4] (dx, dy, dw, dh).
 
     dx = wx * (tx - ax) / aw, dy = wy * (ty - ay) / ah, dw = ww * log(tw / aw), dh = wh * log(th / ah),
-    with centres (x, y) and sizes (w, h). Built in notebooks/03_box_coding_nms.ipynb.
+    with centres (x, y) and sizes (w, h). Half-precision inputs are encoded in float32.
+    Built in notebooks/03_box_coding_nms.ipynb.
     """
     wx, wy, ww, wh = weights
+    targets, anchors = upcast(targets), upcast(anchors)
     aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
     tw, th = targets[:, 2] - targets[:, 0], targets[:, 3] - targets[:, 1]
@@ -72,10 +91,12 @@ def decode_boxes(
 ) -> Tensor:
     """Apply deltas: Tensor[N, C*4] to anchors: Tensor[N, 4] -> boxes Tensor[N, C*4].
 
-    The inverse of encode_boxes; dw and dh are clamped to `clamp` first so exp() cannot overflow.
+    The inverse of encode_boxes; dw and dh are clamped to `clamp` first so exp() cannot overflow. The boxes have the
+    deltas' dtype, float32 for half-precision deltas (under autocast): the anchors are cast to it, never down to half.
     Built in notebooks/03_box_coding_nms.ipynb.
     """
     wx, wy, ww, wh = weights
+    deltas = upcast(deltas)
     anchors = anchors.to(deltas.dtype)
     aw, ah = anchors[:, 2:3] - anchors[:, 0:1], anchors[:, 3:4] - anchors[:, 1:2]  # (N, 1)
     ax, ay = anchors[:, 0:1] + 0.5 * aw, anchors[:, 1:2] + 0.5 * ah
@@ -120,7 +141,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int | N
     if block_size is None:
         block_size = 256 if boxes.device.type == "cpu" else 4096
     order = torch.argsort(scores, descending=True, stable=True)
-    sorted_boxes = boxes[order]
+    sorted_boxes = upcast(boxes)[order]  # IoUs in float32 for half-precision boxes
     cols = torch.cat((sorted_boxes.T, box_area(sorted_boxes)[None])).contiguous()  # (N, 4) -> (5, N) with areas
     kept = []  # indices into sorted_boxes, by block
     kept_cols = cols[:, :0]
@@ -151,9 +172,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """NMS done independently per category idxs: Tensor[N] int64, as torchvision.ops.batched_nms.
 
     Boxes of different categories are shifted apart by more than the whole extent of the boxes so they can never
-    overlap; one nms call then does every category at once (no Python loop over categories).
+    overlap; one nms call then does every category at once (no Python loop over categories). The shifted boxes are
+    float32 for half-precision boxes (shifts of a few thousand pixels per category would overflow float16).
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    boxes = upcast(boxes)
     offsets = idxs.to(boxes) * (boxes.max() - boxes.min() + 1)
     return nms(boxes + offsets[:, None], scores, iou_threshold)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes, upcast
 from minimaskrcnn.losses import box_regression_loss, classifier_loss, mask_loss
 from minimaskrcnn.masks import mask_targets
 from minimaskrcnn.matching import BalancedSampler, Matcher
@@ -163,9 +163,9 @@ def postprocess_detections(
     num_classes = class_logits.shape[-1]
     boxes_per_image = [len(p) for p in proposals]
     rois = torch.cat(proposals) if proposals else class_logits.new_zeros((0, 4))
-    pred_boxes = decode_boxes(box_regression, rois, box_coder_weights)
+    pred_boxes = decode_boxes(box_regression, rois, box_coder_weights)  # float32 under autocast, as the scores
     pred_boxes = pred_boxes.reshape(len(rois), num_classes, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
-    pred_scores = F.softmax(class_logits, -1)
+    pred_scores = F.softmax(upcast(class_logits), -1)
 
     all_boxes, all_scores, all_labels = [], [], []
     for boxes, scores, size in zip(

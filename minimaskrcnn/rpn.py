@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
-from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes, upcast
 from minimaskrcnn.losses import rpn_box_loss, rpn_objectness_loss
 from minimaskrcnn.matching import BalancedSampler, Matcher
 
@@ -111,7 +111,7 @@ def filter_proposals(proposals: Tensor, objectness: Tensor, level_sizes: list[in
     drop boxes smaller than min_size and scores below score_thresh, NMS at nms_thresh within each level, keep the
     post_nms_top_n best. -> (boxes [Tensor[P_i, 4]], scores [Tensor[P_i]] probabilities), by decreasing score.
     """
-    objectness = objectness.detach()
+    objectness = upcast(objectness.detach())  # float32 logits and scores under autocast
     num_images, device = proposals.shape[0], proposals.device
     top_idx, levels, offset = [], [], 0
     for level, ob in enumerate(objectness.split(level_sizes, dim=1)):

@@ -16,6 +16,7 @@ from minimaskrcnn.boxes import (
     encode_boxes,
     nms,
     remove_small_boxes,
+    upcast,
 )
 
 
@@ -157,6 +158,71 @@ def test_batched_nms_equals_per_class_nms():
     # the same box in two classes is kept twice
     twice = batched_nms(torch.tensor([[0.0, 0, 5, 5]] * 2), torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5)
     assert twice.tolist() == [0, 1]
+
+
+# ------------------------------------------------------------------------------ half precision (mixed precision)
+def image_scale_boxes(n, generator, size=2000.0, max_wh=500.0):
+    """Boxes of an ordinary photo's scale, float32: corners anywhere up to `size` px, sides 8..max_wh px."""
+    xy = torch.rand(n, 2, generator=generator) * (size - max_wh)
+    wh = torch.rand(n, 2, generator=generator) * (max_wh - 8) + 8
+    return torch.cat((xy, xy + wh), dim=1)
+
+
+def test_decode_under_bf16_autocast_equals_float32_at_800_px():
+    """Deltas come out of a bf16 layer under autocast; decoding them on 800-px anchors stays within 0.1 px of fp32."""
+    g = torch.Generator().manual_seed(6)
+    anchors = image_scale_boxes(2000, g, size=1333.0, max_wh=512.0)
+    layer = torch.nn.Linear(16, 2 * 4)  # two classes of deltas side by side
+    with torch.no_grad():
+        layer.weight.mul_(0.2)
+    features = torch.randn(2000, 16, generator=g)
+    for weights in [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            deltas = layer(features)
+            boxes = decode_boxes(deltas, anchors, weights)
+        assert deltas.dtype == torch.bfloat16 and boxes.dtype == torch.float32
+        expected = decode_boxes(deltas.float(), anchors, weights)  # the same deltas, decoded in float32
+        assert (boxes - expected).abs().max() <= 0.1
+        # what decoding on anchors rounded to bf16 (as before) cost: whole pixels at this scale
+        rounded = decode_boxes(deltas.float(), anchors.bfloat16().float(), weights)
+        assert (rounded - expected).abs().max() > 1.0
+
+
+def test_encode_and_clip_compute_in_float32_for_half_boxes():
+    g = torch.Generator().manual_seed(7)
+    anchors, targets = image_scale_boxes(300, g, size=1333.0), image_scale_boxes(300, g, size=1333.0)
+    for dtype in (torch.float16, torch.bfloat16):
+        a, t = anchors.to(dtype), targets.to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            deltas = encode_boxes(t, a, (10.0, 10.0, 5.0, 5.0))
+        assert deltas.dtype == torch.float32
+        torch.testing.assert_close(deltas, encode_boxes(t.float(), a.float(), (10.0, 10.0, 5.0, 5.0)), rtol=0, atol=0)
+        clipped = clip_boxes(a + 40, (800, 1333))  # bf16 cannot hold 1333: it would clip to 1336
+        assert clipped.dtype == torch.float32 and clipped[:, 2].max() == 1333 and clipped[:, 3].max() == 800
+    assert upcast(torch.zeros(1, dtype=torch.float64)).dtype == torch.float64  # float64 stays float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_iou_and_nms_of_half_boxes_equal_float32(dtype):
+    """Boxes up to 2000 px in float16 / bfloat16: IoU, NMS and batched NMS give their float32 results."""
+    g = torch.Generator().manual_seed(8)
+    centres = image_scale_boxes(40, g)
+    boxes = (centres[torch.randint(0, 40, (600,), generator=g)] + torch.randn(600, 4, generator=g) * 20).to(dtype)
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 8)
+    scores = torch.rand(600, generator=g).to(dtype)
+    idxs = torch.randint(0, 5, (600,), generator=g)
+    naive_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # in the boxes' own dtype
+    if dtype == torch.float16:
+        assert torch.isinf(naive_area).any()  # the overflow this guards against
+    exact = boxes.float()  # the same values in float32
+    iou = box_iou(boxes, boxes[:100])
+    assert iou.dtype == torch.float32 and torch.isfinite(iou).all()
+    torch.testing.assert_close(iou, box_iou(exact, exact[:100]), rtol=0, atol=0)
+    assert box_area(boxes).tolist() == box_area(exact).tolist()
+    for thr in (0.3, 0.5, 0.7):
+        keep = nms(boxes, scores, thr)
+        assert keep.tolist() == nms(exact, scores.float(), thr).tolist() and 40 <= len(keep) < 600
+        assert batched_nms(boxes, scores, idxs, thr).tolist() == batched_nms(exact, scores.float(), idxs, thr).tolist()
 
 
 @pytest.mark.reference
