@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-## make train: generate the shapes data (if missing), train the tiny preset, evaluate, write runs/tiny/
+## make train: generate the shapes data in data/shapes (if missing), train the tiny preset, evaluate, write runs/tiny/
+## (run again: continues runs/tiny, a finished run is re-evaluated; delete runs/tiny for a fresh run)
 train: $(STAMP)
-	$(BIN)/python -m minimaskrcnn train --preset tiny --data data/shapes --out runs/tiny
+	$(BIN)/python -m minimaskrcnn train --preset tiny --data shapes --out runs/tiny --resume
 
 ## make test: unit tests, then every notebook re-executed and compared with its committed outputs (nbval)
 test: $(STAMP)
