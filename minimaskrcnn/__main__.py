@@ -224,10 +224,15 @@ def category_differences(first: dict[int, str], second: dict[int, str], names: t
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a fresh run in a non-empty --out unless told --overwrite (or --resume with a checkpoint)."""
+    """Refuse to start a fresh run in a non-empty --out unless told --overwrite (or --resume with a checkpoint).
+
+    The side files of a run of ours stopped before its first checkpoint (.metrics.jsonl.new, .checkpoint.pt.tmp*)
+    do not count: a new run replaces them.
+    """
     if out.exists() and not out.is_dir():
         fail("train", f"--out {out} is a file, not a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    ours = (f".{engine.METRICS_NAME}", f".{engine.CHECKPOINT_NAME}")
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(ours)) if out.is_dir() else []
     if not entries or overwrite or (resume and (out / engine.CHECKPOINT_NAME).is_file()):
         return
     held = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
