@@ -210,8 +210,8 @@ def test_polygon_with_two_points(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances\.json: image id 11, annotation id 1: field 'segmentation' polygon 0 "
-                                         r"has 4 coordinates"):
+    with pytest.raises(ValueError, match=r"instances\.json: image id 11, annotation id 1: field 'segmentation' "
+                                         r"polygon 0 has 4 coordinates"):
         CocoDataset(images_dir, path)
 
 
@@ -522,8 +522,8 @@ def test_box_only_export_refused_saying_how_many_and_which(tmp_path):
     del data["annotations"][2]["segmentation"]
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"instances\.json: 2 annotation\(s\) have no mask \(field 'segmentation' "
-                                         r"missing or \[\]\): annotation ids 1 \(image 11\), 3 \(image 11\)\. A box-only "
-                                         r"export\? Mask R-CNN learns from instance masks"):
+                                         r"missing or \[\]\): annotation ids 1 \(image 11\), 3 \(image 11\)\. "
+                                         r"A box-only export\? Mask R-CNN learns from instance masks"):
         CocoDataset(images_dir, path)
 
 
@@ -600,6 +600,12 @@ def test_transforms_must_keep_masks_uint8_0_1(tmp_path):
     with pytest.raises(ValueError, match=r"image id 11: the transforms returned masks of dtype torch\.uint8 with "
                                          r"values up to 255"):
         CocoDataset(images_dir, path, transforms=to_255)[0]
+
+    def to_bool(image, target):
+        return image, {**target, "masks": target["masks"].bool()}
+
+    with pytest.raises(ValueError, match=r"image id 12: the transforms returned masks of dtype torch\.bool"):
+        CocoDataset(images_dir, path, transforms=to_bool)[1]  # no instances: still the wrong type
 
 
 def _load_download_script():
