@@ -228,6 +228,10 @@ def test_tiny_train_evaluate_predict(run, shapes, tmp_path, capsys):
     assert ckpt["step"] == 2 and info["overrides"] == {"min_size": 64, "max_size": 64}
     assert info["class_names"] == ["background", "square", "circle", "triangle", "star"]
     assert info["category_ids"] == [0, 1, 2, 3, 4]
+    main(["train", "--data", str(shapes), "--out", str(run), "--resume", *FAST])  # what a second `make train` does
+    out = capsys.readouterr().out
+    assert "trained to step 2" in out and "AP50" in out  # nothing trained again, the finished run re-evaluated
+    assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 2
 
     main(["evaluate", "--checkpoint", str(run / CHECKPOINT_NAME), "--data", str(shapes), "--device", "cpu",
           "--out", str(tmp_path / "metrics.json")])
