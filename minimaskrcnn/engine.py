@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from minimaskrcnn.evaluation import IOU_TYPES, evaluate_predictions, predict_dataset
+from minimaskrcnn.evaluation import IOU_TYPES, coco_evaluate, merge_results, predict_dataset
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 2  # 1: numpy RNG state and a preset name (needed full unpickling); 2: plain data, full config
@@ -282,8 +282,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(_refusal(path, err)) from None
-    except RuntimeError as err:  # not a torch.save file at all (truncated, another format)
-        raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
+    except (RuntimeError, EOFError) as err:  # not a torch.save file at all (empty, truncated, another format)
+        raise ValueError(f"{path} is not a readable checkpoint: {err or 'the file is empty'}") from None
     version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} is not a minimaskrcnn checkpoint of format {FORMAT_VERSION} (format_version: "
@@ -454,27 +454,28 @@ def save_loss_plot(records: list[dict], path) -> None:
 
 # --------------------------------------------------------------------------------------------------- evaluation
 def evaluate(model, dataset, device=None, batch_size: int = 8, iou_types=IOU_TYPES, verbose: bool = False,
-             amp: bool = True, num_workers: int = 0) -> dict:
+             amp: bool = True, num_workers: int = 0, category_ids=None) -> dict:
     """COCO metrics of `model` on a CocoDataset-like `dataset` (see evaluation.coco_evaluate for the format).
 
-    Under torchrun each process predicts its share of the images; rank 0 gathers them and evaluates, and every
-    process returns the same metrics.
+    Labels map to COCO category ids through `category_ids` (list: index = label, or dict label -> id; default
+    dataset.category_ids; the CLI passes the checkpoint's); a label outside it is an error naming it. Each batch
+    becomes COCO result dicts (masks RLE-encoded) as it leaves the model (evaluation.predict_dataset). Under torchrun
+    each process predicts its share of the images; rank 0 gathers the result dicts (never masks) and evaluates, and
+    every process returns the same metrics.
     """
     device = torch.device(device) if device is not None else default_device()
     bare = unwrap(model)
     world, rank = get_world_size(), get_rank()
     sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    category_ids = dataset.category_ids if category_ids is None else category_ids
     with _autocast(device, amp):
-        predictions, image_ids = predict_dataset(bare, loader, device)
+        results, image_ids = predict_dataset(bare, loader, device, category_ids)
     if world > 1:
         gathered = [None] * world
-        dist.all_gather_object(gathered, (predictions, image_ids))
-        merged = {}
-        for preds, ids in gathered:  # the sampler pads with repeated images: keep each image once
-            merged.update(zip(ids, preds))
-        image_ids, predictions = list(merged), list(merged.values())
-    metrics = [evaluate_predictions(dataset, predictions, image_ids, iou_types, verbose) if rank == 0 else None]
+        dist.all_gather_object(gathered, (results, image_ids))
+        results, image_ids = merge_results(gathered)  # the sampler pads with repeated images: each image once
+    metrics = [coco_evaluate(dataset.coco, results, iou_types, image_ids, verbose) if rank == 0 else None]
     if world > 1:
         dist.broadcast_object_list(metrics, src=0)
     return metrics[0]

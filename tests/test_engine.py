@@ -319,9 +319,10 @@ def test_old_format_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="format_version: None"):
         engine.model_from_checkpoint(plain)
     text = tmp_path / "notes.pt"
-    text.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="notes.pt"):
-        engine.load_checkpoint(text)
+    for content in ("not a checkpoint", ""):
+        text.write_text(content)
+        with pytest.raises(ValueError, match="notes.pt"):
+            engine.load_checkpoint(text)
 
 
 def test_model_info_must_be_plain_data(toy, tmp_path):
@@ -405,6 +406,9 @@ def test_resume_refuses_another_model_data_or_setup(toy, tmp_path):
     data.image_ids = list(range(12))
     with pytest.raises(ValueError, match=r"dataset.image_ids_sha256: None -> '[0-9a-f]{64}'"):
         engine.train(toy_model(), data, toy.config(), out_dir=run, resume=True)
+    ckpt = engine.load_checkpoint(run / engine.CHECKPOINT_NAME)  # as if written on a GPU: resumable on a CPU too
+    ckpt["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    engine.save_checkpoint(run / engine.CHECKPOINT_NAME, **ckpt)
     # logging, evaluation and checkpoint frequencies, workers and the progress bar may change
     free = toy.config(log_every=3, checkpoint_every=5, eval_every=7, eval_batch_size=2, progress=False)
     assert engine.train(toy_model(), toy.ToyDataset(), free, out_dir=run, resume=True).step == 12
