@@ -1,4 +1,4 @@
-"""Pictures of the backbone's features and of the RPN: feature maps, anchor labels, proposals, recall curves.
+"""Pictures of the backbone's features and of the RPN: feature maps, anchor labels, proposals, losses, recall curves.
 
 Built in notebooks/04_backbone_fpn.ipynb and notebooks/05_rpn.ipynb. Model code never imports this module.
 
@@ -6,9 +6,9 @@ Shape glossary
     C, H_l, W_l   channels and size of one feature level
     T             anchors of one image;  P proposals;  G ground-truth boxes
 """
-import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.collections import PolyCollection
 from matplotlib.patches import Rectangle
 
 from minimaskrcnn.viz.data import image_to_numpy
@@ -62,14 +62,21 @@ def draw_anchor_labels(ax, image, anchors, labels, gt_boxes=None, max_negatives:
     return ax
 
 
-def draw_proposals(ax, image, boxes, scores=None, gt_boxes=None, max_boxes: int = 50, title: str | None = None):
-    """Image with (at most max_boxes of) the proposals boxes: Tensor[P, 4], coloured by score (bright = high)."""
+def draw_proposals(ax, image, boxes, scores=None, gt_boxes=None, max_boxes: int | None = None,
+                   title: str | None = None):
+    """Image with the proposals boxes: Tensor[P, 4] (the first max_boxes of them; all when None), coloured by score
+    (bright and opaque = high; the best drawn on top), and gt_boxes: Tensor[G, 4] dotted white. The proposals are one
+    PolyCollection (thousands draw fast), ax.collections[0], with one path per box drawn."""
     ax.imshow(image_to_numpy(image))
-    boxes = torch.as_tensor(boxes)[:max_boxes]
-    colours = np.ones(len(boxes)) if scores is None else torch.as_tensor(scores)[:max_boxes].detach().cpu().numpy()
-    cmap = colormaps["plasma"]
-    for box, c in zip(boxes.tolist(), colours):
-        _boxes(ax, [box], cmap(float(c)), lw=0.9, alpha=0.9)
+    boxes = torch.as_tensor(boxes)[:max_boxes].detach().cpu()
+    scores = torch.ones(len(boxes)) if scores is None else torch.as_tensor(scores)[:max_boxes].detach().cpu().float()
+    order = torch.argsort(scores)  # lowest first, so the best boxes end on top
+    boxes, scores = boxes[order], scores[order]
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    corners = torch.stack((x1, y1, x2, y1, x2, y2, x1, y2), dim=-1).reshape(-1, 4, 2)  # (P, 4) -> (P, 4 corners, 2)
+    colours = colormaps["plasma"](scores.numpy())
+    colours[:, 3] = 0.3 + 0.7 * scores.numpy()
+    ax.add_collection(PolyCollection(corners.numpy(), facecolors="none", edgecolors=colours, linewidths=0.9))
     if gt_boxes is not None:
         _boxes(ax, gt_boxes, GT, lw=2.0, ls=":")
     ax.set_title(title or f"{len(boxes)} proposals", fontsize=9)
@@ -87,4 +94,15 @@ def plot_recall_curve(ax, counts, recalls: dict):
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
+    return ax
+
+
+def plot_losses(ax, history: list[dict]):
+    """Training curves, log scale: history is one {loss name: value} per step."""
+    for key in history[0]:
+        ax.plot([h[key] for h in history], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
     return ax

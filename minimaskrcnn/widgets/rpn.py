@@ -45,12 +45,13 @@ def feature_explorer(image, features: dict):
 
 
 def proposals_view(image, proposals, objectness, level_sizes, image_size, pre_nms_top_n: int, post_nms_top_n: int,
-                   nms_thresh: float, gt_boxes=None, max_drawn: int = 100, fig=None):
-    """Callback of the proposal explorer, for one image.
+                   nms_thresh: float, gt_boxes=None, fig=None):
+    """Callback of the proposal explorer, for one image; every box it counts is drawn.
 
     proposals: Tensor[T, 4] decoded anchors, objectness: Tensor[T] logits, level_sizes: [H_l*W_l*A],
-    image_size (h, w). Left: the per-level top-n before NMS; right: after NMS and the post-NMS top-n.
-    Returns (fig, number before NMS, number after).
+    image_size (h, w), gt_boxes: Tensor[G, 4], all in one frame (the image's). Left: the boxes the per-level top-n
+    keeps, before NMS; right: what NMS and the post-NMS top-n keep. Returns (fig, boxes drawn left Tensor[B, 4],
+    boxes drawn right Tensor[P, 4]).
     """
     before, before_scores = filter_proposals(proposals[None], objectness[None], level_sizes, [image_size],
                                              pre_nms_top_n, post_nms_top_n=len(proposals), nms_thresh=1.0)
@@ -59,18 +60,20 @@ def proposals_view(image, proposals, objectness, level_sizes, image_size, pre_nm
     fig = fig if fig is not None else plt.figure(figsize=(9, 4.5))
     fig.clear()
     left, right = fig.subplots(1, 2)
-    draw_proposals(left, image, before[0], before_scores[0], gt_boxes, max_drawn,
-                   f"before NMS: {len(before[0])} (best {min(max_drawn, len(before[0]))} drawn)")
-    draw_proposals(right, image, after[0], after_scores[0], gt_boxes, max_drawn,
-                   f"after NMS {nms_thresh:.2f}, top {post_nms_top_n}: {len(after[0])}")
-    return fig, len(before[0]), len(after[0])
+    draw_proposals(left, image, before[0], before_scores[0], gt_boxes,
+                   title=f"before NMS: {len(before[0])} boxes (best {pre_nms_top_n} per level)")
+    draw_proposals(right, image, after[0], after_scores[0], gt_boxes,
+                   title=f"after NMS at IoU {nms_thresh:.2f}, best {post_nms_top_n}: {len(after[0])} proposals")
+    return fig, before[0], after[0]
 
 
-def proposal_explorer(image, proposals, objectness, level_sizes, image_size, gt_boxes=None):
-    """Sliders for the pre-NMS top-n (per level), the post-NMS top-n and the NMS IoU threshold."""
-    pre = widgets.IntSlider(200, 1, 2000, step=1, description="pre-NMS n")
-    post = widgets.IntSlider(50, 1, 1000, step=1, description="post-NMS n")
-    thresh = widgets.FloatSlider(0.7, min=0.1, max=1.0, step=0.05, description="NMS IoU")
+def proposal_explorer(image, proposals, objectness, level_sizes, image_size, gt_boxes=None, pre_nms_top_n: int = 300,
+                      post_nms_top_n: int = 100, nms_thresh: float = 0.7):
+    """Sliders for the pre-NMS top-n (per level), the post-NMS top-n and the NMS IoU threshold, starting at the given
+    values (arguments as proposals_view's)."""
+    pre = widgets.IntSlider(pre_nms_top_n, 1, max(level_sizes), step=1, description="pre-NMS n")
+    post = widgets.IntSlider(post_nms_top_n, 1, 1000, step=1, description="post-NMS n")
+    thresh = widgets.FloatSlider(nms_thresh, min=0.1, max=1.0, step=0.05, description="NMS IoU")
     out = widgets.Output()
 
     def redraw(_=None):
