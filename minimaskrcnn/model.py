@@ -14,6 +14,8 @@ Data flow (as torchvision's GeneralizedRCNN):
     images -> normalise, resize, pad into a batch -> backbone + FPN -> RPN proposals -> RoI heads
            -> detections mapped back to the original sizes (boxes rescaled, masks pasted into the image).
 """
+import math
+import warnings
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -35,7 +37,7 @@ from minimaskrcnn.roi_heads import (
 )
 from minimaskrcnn.roi_ops import MultiScaleRoIAlign
 from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, flatten_predictions
-from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_to
+from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_geometry, resize_to
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,19 @@ PRESETS: dict[str, MaskRCNNConfig] = {
 # ----------------------------------------------------------------------------------------------------------------
 # Input checks: bad input fails here, with what was wrong and where, instead of as a NaN a thousand steps later
 # ----------------------------------------------------------------------------------------------------------------
-def check_images(images) -> None:
-    """Raise TypeError/ValueError unless images is a non-empty list of float Tensor[3, H, W]."""
+# Pixel values a float image may hold: 0..1 with a margin for resampling overshoot (bicubic) and light noise. 0..255
+# images and images already normalised (about -2.1..2.6), the two usual mistakes, fall far outside.
+PIXEL_RANGE = (-0.1, 1.1)
+
+
+def check_images(images, cfg: MaskRCNNConfig | None = None) -> None:
+    """Raise TypeError/ValueError unless images is a non-empty list of float Tensor[3, H, W] with finite values in 0..1.
+
+    Any float dtype is accepted (float16, bfloat16, float64: MaskRCNN casts it to its weights' dtype); uint8 is
+    refused (divide by 255). With the model's cfg, an image whose aspect ratio the resize cannot keep (short side
+    below one pixel after resizing) is refused, and one whose short side ends smaller than the smallest anchor gets
+    a warning (detection there will be poor). One host synchronisation for the value checks of the whole list.
+    """
     if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
         raise TypeError(f"images must be a list of Tensor[3, H, W], got {type(images).__name__}; "
                         "for a batched Tensor[N, 3, H, W] pass list(batch)")
@@ -152,6 +165,35 @@ def check_images(images) -> None:
             raise ValueError(f"images[{i}] has shape {tuple(image.shape)}; expected Tensor[3, H, W] (channels first)")
         if image.shape[1] == 0 or image.shape[2] == 0:
             raise ValueError(f"images[{i}] is empty: shape {tuple(image.shape)}")
+        if cfg is not None:
+            _check_resizable(image, i, cfg)
+    device = images[0].device
+    low_high = torch.stack([torch.stack(torch.aminmax(image.detach())).to(device, torch.float32) for image in images])
+    for i, (low, high) in enumerate(low_high.tolist()):  # (N, 2): min and max of each image; NaN if it has a NaN
+        if not (math.isfinite(low) and math.isfinite(high)):
+            bad = ~torch.isfinite(images[i])
+            c, y, x = torch.nonzero(bad)[0].tolist()
+            raise ValueError(f"images[{i}] has {int(bad.sum())} non-finite pixel values, the first "
+                             f"{images[i][c, y, x].item()} at channel {c}, row {y}, column {x}")
+        if low < PIXEL_RANGE[0] or high > PIXEL_RANGE[1]:
+            hint = ("divide by 255 (image / 255)" if low >= PIXEL_RANGE[0] else "pass the image before "
+                    "normalisation: the model subtracts image_mean and divides by image_std itself")
+            raise ValueError(f"images[{i}] has values in [{low:.4g}, {high:.4g}]; the model takes images in 0..1: "
+                             f"{hint}")
+
+
+def _check_resizable(image: Tensor, i: int, cfg: MaskRCNNConfig) -> None:
+    """Refuse images[i] if the model's resize leaves it no pixel on a side; warn if no anchor fits its short side."""
+    size = tuple(image.shape[-2:])
+    try:
+        scale, new = resize_geometry(size, cfg.min_size, cfg.max_size)
+    except ValueError as error:
+        raise ValueError(f"images[{i}]: {error}") from None
+    smallest_anchor = min(min(sizes) for sizes in cfg.anchor_sizes)
+    if min(new) < smallest_anchor:
+        warnings.warn(f"images[{i}] ({size[0]} x {size[1]}) is resized to {new[0]} x {new[1]} (scale {scale:.3g}, "
+                      f"max_size={cfg.max_size}): its short side is below the smallest anchor ({smallest_anchor} px), "
+                      "so objects in it are likely missed; crop or tile it, or raise max_size", stacklevel=3)
 
 
 def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
@@ -198,6 +240,12 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
         if tuple(masks.shape) != expected:
             raise ValueError(f"{where}['masks'] has shape {tuple(masks.shape)}; expected {expected} "
                              "(one H x W mask per box, the size of the image)")
+        if masks.dtype != torch.bool and ((masks != 0) & (masks != 1)).any():  # 0/255 masks give a negative loss
+            nan = masks.isnan()
+            found = [f"{v:g}" for v in torch.unique(masks[~nan]).tolist()] + (["nan"] if nan.any() else [])
+            shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+            raise ValueError(f"{where}['masks'] has values [{shown}]; masks must be 0/1 (one binary mask per box): "
+                             "convert with (masks > 0).to(torch.uint8) for 0/255 masks, (masks >= 0.5) for soft ones")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,12 +309,16 @@ class MaskRCNN(nn.Module):
             self.to(memory_format=torch.channels_last)  # conv weights (O, I, k, k) stored as (O, k, k, I)
 
     def transform(self, images: list[Tensor], targets: list[dict] | None = None):
-        """Normalise, resize and pad: -> (batch Tensor[N, 3, Hp, Wp], image_sizes [(H', W')], resized targets)."""
+        """Normalise, resize and pad: -> (batch Tensor[N, 3, Hp, Wp], image_sizes [(H', W')], resized targets).
+
+        Images of any float dtype are first cast to the weights' dtype (float32 unless the model was converted).
+        """
         cfg = self.cfg
+        dtype = next(self.parameters()).dtype
         resized_images, resized_targets = [], []
         for i, image in enumerate(images):
             target = None if targets is None else targets[i]
-            image = normalize(image, cfg.image_mean, cfg.image_std)
+            image = normalize(image.to(dtype), cfg.image_mean, cfg.image_std)
             image, target = resize_to(image, target, cfg.min_size, cfg.max_size)
             resized_images.append(image)
             resized_targets.append(target)
@@ -283,7 +335,7 @@ class MaskRCNN(nn.Module):
         return detections
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
-        check_images(images)
+        check_images(images, self.cfg)
         if self.training:
             if targets is None:
                 raise ValueError("the model is in training mode and needs targets; call model.eval() for inference")

@@ -51,6 +51,23 @@ def resize_boxes(boxes: Tensor, from_size, to_size) -> Tensor:
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=-1)
 
 
+def resize_geometry(size: tuple[int, int], min_size: float, max_size: float) -> tuple[float, tuple[int, int]]:
+    """How `resize_to` resizes an image of size (H, W): -> (scale, (H', W')), H' = floor(H * scale), same for W'.
+
+    scale = min(min_size / short side, max_size / long side), a Python float as torchvision's. An aspect ratio beyond
+    max_size / min_size lets the long side decide and the short side ends below min_size: with (800, 1333) a
+    20 x 2000 image becomes 13 x 1333. Raises ValueError when a side would reach 0 pixels (nothing left to resize).
+    """
+    height, width = size
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    new = (math.floor(height * scale), math.floor(width * scale))  # as F.interpolate(recompute_scale_factor=True)
+    if min(new) < 1:
+        raise ValueError(f"a {height} x {width} image would be resized to {new[0]} x {new[1]} pixels (scale "
+                         f"{scale:.4g}: the long side is capped at max_size={max_size}); its aspect ratio is beyond "
+                         f"what min_size={min_size}, max_size={max_size} allow: crop or tile it, or raise max_size")
+    return scale, new
+
+
 def resize_to(image: Tensor, target: dict | None, min_size: float, max_size: float):
     """Resize so the short side becomes min_size unless the long side would pass max_size; boxes and masks follow.
 
@@ -58,11 +75,11 @@ def resize_to(image: Tensor, target: dict | None, min_size: float, max_size: flo
     scale = min(min_size / short side, max_size / long side) (Python float, as torchvision); the image is resized
     bilinearly with align_corners=False and the output size recomputed from the scale factor (floor(H * scale));
     masks are resized with nearest neighbour to exactly the new image size. Returns (image Tensor[3, H', W'],
-    new target dict or None); the input target is not modified.
+    new target dict or None); the input target is not modified. An image too elongated to keep one pixel on its
+    short side is refused (see `resize_geometry`).
     """
     _check_image(image, "resize_to")
-    height, width = image.shape[-2:]
-    scale = min(min_size / min(height, width), max_size / max(height, width))  # a Python float, as torchvision
+    scale, _ = resize_geometry(tuple(image.shape[-2:]), min_size, max_size)
     resized = F.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
                             recompute_scale_factor=True, align_corners=False)[0]
     if target is None:

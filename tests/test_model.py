@@ -1,12 +1,16 @@
 """The full model: presets, call convention, input checks, golden losses, overfitting (minimaskrcnn/model.py)."""
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
+from minimaskrcnn.boxes import decode_boxes
 from minimaskrcnn.model import PRESETS, MaskRCNN, MaskRCNNConfig, build_model
+from minimaskrcnn.roi_heads import postprocess_detections
+from minimaskrcnn.rpn import RPN_BOX_WEIGHTS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_maskrcnn_resnet50_fpn_state_dict_shapes.json"
 LOSS_NAMES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
@@ -108,6 +112,32 @@ def test_train_and_eval_under_mixed_precision():
     assert out["masks"].shape[-2:] == (64, 64) and out["boxes"].shape[1] == 4
 
 
+def test_detections_under_bf16_autocast_keep_float32_boxes():
+    """Boxes up to 1000 px, where bf16 steps by 4 px, under CPU bf16 autocast: the RPN's proposals and the detections
+    are float32 and equal the float32 decoding of the heads' own bf16 outputs within 0.1 px."""
+    model = small_model(min_size=32, max_size=999, box_score_thresh=0.0, detections_per_img=20).eval()
+    image = torch.rand(3, 32, 999)  # kept at its size; 999 is no bf16 number (it would round to 1000)
+    seen = {}
+    model.rpn.register_forward_hook(lambda module, args, out: seen.update(rpn_args=args, proposals=out[0]))
+    model.roi_heads.box_predictor.register_forward_hook(lambda module, args, out: seen.update(head=out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (det,) = model([image])
+        features, _, batch_shape, _ = seen["rpn_args"]
+        anchors, _, _, deltas, proposals = model.rpn.predict(features, batch_shape)
+    assert deltas.dtype == torch.bfloat16 and proposals.dtype == torch.float32
+    assert (proposals[0] - decode_boxes(deltas[0].float(), anchors, RPN_BOX_WEIGHTS)).abs().max() <= 0.1
+    kept = seen["proposals"]
+    assert kept[0].dtype == torch.float32 and (kept[0][:, 2] <= 999).all() and (kept[0][:, 3] <= 32).all()
+    class_logits, box_regression = seen["head"]
+    assert box_regression.dtype == torch.bfloat16
+    heads = model.roi_heads
+    boxes, scores, labels = postprocess_detections(class_logits.float(), box_regression.float(), kept, [(32, 999)],
+                                                   heads.box_coder_weights, 0.0, heads.nms_thresh, 20)
+    assert det["boxes"].dtype == det["scores"].dtype == torch.float32 and len(det["boxes"]) == 20
+    assert torch.equal(det["labels"], labels[0]) and (det["boxes"] - boxes[0]).abs().max() <= 0.1
+    assert (det["boxes"][:, 2] <= 999).all()
+
+
 def test_eval_outputs_at_original_size():
     model = small_model(box_score_thresh=0.0)
     model.eval()
@@ -124,6 +154,18 @@ def test_eval_outputs_at_original_size():
 
 
 # ---------------------------------------------------------------------------------------------- bad input
+def _with_pixel(value):
+    image = torch.rand(3, 32, 32)
+    image[1, 3, 4] = value
+    return image
+
+
+def _target(**changes):
+    target = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 32, 32, dtype=torch.uint8)}
+    return {**target, **changes}
+
+
 @pytest.mark.parametrize(
     "images, error, message",
     [
@@ -133,18 +175,22 @@ def test_eval_outputs_at_original_size():
         ([torch.rand(1, 32, 32)], ValueError, "grayscale.*expand"),
         ([torch.rand(32, 32)], ValueError, "grayscale"),
         ([torch.rand(32, 32, 3)], ValueError, r"images\[0\].*channels first"),
+        ([torch.rand(3, 32, 32), _with_pixel(float("nan"))], ValueError,
+         r"images\[1\] has 1 non-finite pixel values, the first nan at channel 1, row 3, column 4"),
+        ([_with_pixel(float("-inf"))], ValueError, r"images\[0\] .* -inf at channel 1, row 3, column 4"),
+        ([torch.rand(3, 32, 32) * 255], ValueError, r"images\[0\] has values in \[.*, 2\d\d.*\].*divide by 255"),
+        ([(torch.rand(3, 32, 32) - 0.45) / 0.225], ValueError, "before normalisation"),
+        ([torch.rand(3, 20, 2000)], ValueError,
+         r"images\[0\]: a 20 x 2000 image would be resized to 0 x 96 pixels.*crop or tile it, or raise max_size"),
+        ([torch.rand(3, 32, 32), torch.rand(3, 3000, 30)], ValueError, r"images\[1\]: a 3000 x 30 image .* 96 x 0"),
     ],
 )
-def test_bad_images(images, error, message):
-    model = small_model().eval()
+@pytest.mark.parametrize("training", [False, True])
+def test_bad_images(images, error, message, training):
+    model = small_model().train(training)
+    targets = [_target(masks=torch.zeros(1, *image.shape[-2:], dtype=torch.uint8)) for image in images]
     with pytest.raises(error, match=message):
-        model(images)
-
-
-def _target(**changes):
-    target = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1]),
-              "masks": torch.zeros(1, 32, 32, dtype=torch.uint8)}
-    return {**target, **changes}
+        model(images, targets if training else None)
 
 
 @pytest.mark.parametrize(
@@ -159,12 +205,73 @@ def _target(**changes):
         (_target(boxes=torch.tensor([[4, 4, 20, 20]])), TypeError, "float"),
         (_target(masks=torch.zeros(1, 16, 32, dtype=torch.uint8)), ValueError, "masks.*expected \\(1, 32, 32\\)"),
         ({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}, ValueError, "no 'masks'"),
+        (_target(masks=torch.full((1, 32, 32), 255, dtype=torch.uint8).tril()), ValueError,
+         r"targets\[0\]\['masks'\] has values \[0, 255\]; masks must be 0/1.*\(masks > 0\)"),
+        (_target(masks=torch.linspace(0, 1, 32 * 32).reshape(1, 32, 32)), ValueError,
+         r"'masks'\] has values \[0, 0.000977517, .*, \.\.\.\]; masks must be 0/1.*\(masks >= 0.5\)"),
+        (_target(masks=torch.full((1, 32, 32), float("nan"))), ValueError, r"'masks'\] has values \[nan\]"),
     ],
 )
 def test_bad_targets(target, error, message):
     model = small_model().train()
     with pytest.raises(error, match=message):
         model([torch.rand(3, 32, 32)], [target])
+
+
+def test_binary_masks_of_any_dtype_give_the_same_losses():
+    image, target = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 2, (34.0, 30.0, 60, 60))])
+    model = small_model().train()
+    losses = []
+    for dtype in (torch.uint8, torch.bool, torch.float32, torch.int64):
+        torch.manual_seed(1)
+        out = model([image], [{**target, "masks": target["masks"].to(dtype)}])
+        losses.append({k: v.item() for k, v in out.items()})
+    assert all(v >= 0 for v in losses[0].values()) and losses[1:] == losses[:1] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_images_of_other_float_dtypes_are_cast_to_the_weights_dtype(dtype):
+    image, target = shapes_image((64, 64), [("rect", 1, (8.0, 8.0, 30.0, 24.0))])
+    image = image.to(dtype)
+    model = small_model(box_score_thresh=0.0)
+    with torch.no_grad():
+        out, expected = model.eval()([image])[0], model([image.float()])[0]
+    assert out["boxes"].dtype == torch.float32 and len(out["boxes"]) > 0
+    for key in ("boxes", "labels", "scores", "masks"):
+        assert torch.equal(out[key], expected[key]), key
+    losses = []
+    for img in (image, image.float()):
+        torch.manual_seed(1)
+        losses.append({k: v.item() for k, v in model.train()([img], [target]).items()})
+    assert losses[0] == losses[1]
+
+
+def test_extreme_aspect_ratios_run_or_warn():
+    """20 x 2000 and 2000 x 20: kept at full size they train (finite, non-negative losses) and detect at the original
+    size; squeezed by max_size below the smallest anchor they still run, with a warning naming the image."""
+    wide = shapes_image((20, 2000), [("rect", 1, (100.0, 2.0, 160.0, 18.0)), ("ellipse", 2, (1500.0, 0, 1530, 20))])
+    image, target = wide  # mirrored about the diagonal: 2000 x 20
+    tall = image.transpose(1, 2), {**target, "boxes": target["boxes"][:, [1, 0, 3, 2]],
+                                   "masks": target["masks"].transpose(1, 2)}
+    full_size = small_model(min_size=20, max_size=2000, box_score_thresh=0.0, detections_per_img=10)
+    squeezed = small_model(max_size=320, box_score_thresh=0.0, detections_per_img=10)  # 20 x 2000 -> 3 x 320
+    for image, target in (wide, tall):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning at full size
+            losses = full_size.train()([image], [target])
+            assert all(torch.isfinite(v) and v >= 0 for v in losses.values()), losses
+            sum(losses.values()).backward()
+            with torch.no_grad():
+                (det,) = full_size.eval()([image])
+        h, w = image.shape[-2:]
+        assert len(det["boxes"]) > 0 and det["masks"].shape[1:] == (1, h, w)
+        assert (det["boxes"][:, 2] <= w).all() and (det["boxes"][:, 3] <= h).all()
+        with pytest.warns(UserWarning, match=rf"images\[0\] \({h} x {w}\) is resized to .*smallest anchor \(12 px\)"):
+            losses = squeezed.train()([image], [target])
+        assert all(torch.isfinite(v) and v >= 0 for v in losses.values()), losses
+        with torch.no_grad(), pytest.warns(UserWarning, match="smallest anchor"):
+            (det,) = squeezed.eval()([image])
+        assert det["masks"].shape[1:] == (1, h, w)
 
 
 def test_training_without_targets_says_so():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minimaskrcnn.transforms import (Compose, RandomHorizontalFlip, Resize, batch_images, hflip, normalize,
-                                     resize_boxes, resize_to)
+                                     resize_boxes, resize_geometry, resize_to)
 
 
 def _target_from_masks(masks):
@@ -41,6 +41,23 @@ def test_normalize():
 def test_resize_to_sizes(size, min_size, max_size, expected):
     image, _ = resize_to(torch.rand(3, *size), None, min_size, max_size)
     assert tuple(image.shape[-2:]) == expected
+
+
+@pytest.mark.parametrize("size", [(100, 200), (480, 640), (20, 2000), (2000, 20), (7, 1333), (333, 333), (1, 96)])
+@pytest.mark.parametrize("min_size, max_size", [(64, 96), (800, 1333), (192, 320)])
+def test_resize_geometry_predicts_resize_to(size, min_size, max_size):
+    """resize_geometry gives resize_to's output size, or refuses (naming the sizes) when a side would vanish."""
+    image = torch.rand(3, *size)
+    try:
+        scale, new = resize_geometry(size, min_size, max_size)
+    except ValueError as error:
+        assert f"a {size[0]} x {size[1]} image would be resized to" in str(error) and "raise max_size" in str(error)
+        with pytest.raises(ValueError, match="crop or tile it"):
+            resize_to(image, None, min_size, max_size)
+        assert min(size) * max_size // max(size) < 1
+        return
+    assert tuple(resize_to(image, None, min_size, max_size)[0].shape[-2:]) == new
+    assert scale == min(min_size / min(size), max_size / max(size))
 
 
 def test_resize_keeps_boxes_on_masks():
