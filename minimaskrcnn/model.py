@@ -240,12 +240,23 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
         if tuple(masks.shape) != expected:
             raise ValueError(f"{where}['masks'] has shape {tuple(masks.shape)}; expected {expected} "
                              "(one H x W mask per box, the size of the image)")
-        if masks.dtype != torch.bool and ((masks != 0) & (masks != 1)).any():  # 0/255 masks give a negative loss
+        if not _is_binary(masks):  # 0/255 masks would give a negative mask loss
             nan = masks.isnan()
             found = [f"{v:g}" for v in torch.unique(masks[~nan]).tolist()] + (["nan"] if nan.any() else [])
             shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
             raise ValueError(f"{where}['masks'] has values [{shown}]; masks must be 0/1 (one binary mask per box): "
                              "convert with (masks > 0).to(torch.uint8) for 0/255 masks, (masks >= 0.5) for soft ones")
+
+
+def _is_binary(masks: Tensor) -> bool:
+    """Whether every value of masks is 0 or 1. Integer masks need one min/max pass (no temporaries: full-size masks
+    are large); one host synchronisation."""
+    if masks.dtype == torch.bool or masks.numel() == 0:
+        return True
+    if masks.is_floating_point():
+        return not ((masks != 0) & (masks != 1)).any().item()
+    low, high = torch.aminmax(masks)
+    return bool((low >= 0) & (high <= 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------

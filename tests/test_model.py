@@ -210,6 +210,7 @@ def test_bad_images(images, error, message, training):
         (_target(masks=torch.linspace(0, 1, 32 * 32).reshape(1, 32, 32)), ValueError,
          r"'masks'\] has values \[0, 0.000977517, .*, \.\.\.\]; masks must be 0/1.*\(masks >= 0.5\)"),
         (_target(masks=torch.full((1, 32, 32), float("nan"))), ValueError, r"'masks'\] has values \[nan\]"),
+        (_target(masks=torch.full((1, 32, 32), -1)), ValueError, r"'masks'\] has values \[-1\]"),
     ],
 )
 def test_bad_targets(target, error, message):
