@@ -822,6 +822,11 @@ def _ap_trapezoid(recall, precision):
     return float(torch.trapezoid(p, r)) if len(recall) else 0.0
 
 
+def _ap_rectangles(recall, precision):
+    r = torch.cat((recall.new_zeros(1), recall)).double()
+    return float(((r[1:] - r[:-1]) * precision.double()).sum())
+
+
 def _ap_cases():
     g = _gen(21)
     hits = (torch.rand(20, generator=g) > 0.4).double()
@@ -1094,5 +1099,6 @@ EXERCISES: dict[str, Exercise] = {
         _ap_cases,
         [("precision not made monotone (no envelope)", _ap_no_envelope),
          ("11-point (PASCAL VOC 2007) instead of 101-point interpolation", _ap_eleven_points),
-         ("area under the raw curve (trapezoids) instead of interpolated precision", _ap_trapezoid)]),
+         ("area under the raw curve (trapezoids) instead of interpolated precision", _ap_trapezoid),
+         ("area under the raw curve (rectangles) instead of interpolated precision", _ap_rectangles)]),
 }
