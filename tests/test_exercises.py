@@ -117,8 +117,8 @@ def iou_loop(boxes1, boxes2, plus=0.0, reduce_union=True, xywh=False):
                 a, b = [a[0], a[1], a[0] + a[2], a[1] + a[3]], [b[0], b[1], b[0] + b[2], b[1] + b[3]]
             iw = max(min(a[2], b[2]) - max(a[0], b[0]) + plus, 0)
             ih = max(min(a[3], b[3]) - max(a[1], b[1]) + plus, 0)
-            area = lambda c: (c[2] - c[0] + plus) * (c[3] - c[1] + plus)  # noqa: E731
-            out[i, j] = iw * ih / (area(a) + area(b) - (iw * ih if reduce_union else 0))
+            area_a, area_b = ((c[2] - c[0] + plus) * (c[3] - c[1] + plus) for c in (a, b))
+            out[i, j] = iw * ih / (area_a + area_b - (iw * ih if reduce_union else 0))
     return out
 
 
@@ -374,7 +374,8 @@ WRONG = {
     "roi_pool": [(lambda *a: pool_shifted(*a, truncate=True), "truncated instead of rounded"),
                  (lambda *a: pool_shifted(*a, exclusive=True), "x2, y2 excluded"),
                  (lambda i, b, o, s=1.0: S.roi_pool(i, b, o, 1.0), "spatial_scale not applied")],
-    "roi_align": [(lambda i, b, o, s=1.0, r=-1, a=False: S.roi_align(i, b, o, s, r, False), "half-pixel offset missing"),
+    "roi_align": [(lambda i, b, o, s=1.0, r=-1, a=False: S.roi_align(i, b, o, s, r, False),
+                   "half-pixel offset missing"),
                   (lambda i, b, o, s=1.0, r=-1, a=False: S.roi_align(i, b, o, s, r if r > 0 else 1, a),
                    "one sample per bin"),
                   (lambda i, b, o, s=1.0, r=-1, a=False: S.roi_align(i, b[:, [0, 2, 1, 4, 3]], o, s, r, a),

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minimaskrcnn.anchors import cell_anchors, grid_anchors
-from minimaskrcnn.backbone import FPN
-from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, nms
+from minimaskrcnn.boxes import batched_nms, box_area, box_iou, clip_boxes, decode_boxes, encode_boxes, nms
 from minimaskrcnn.evaluation import xyxy_to_xywh
 from minimaskrcnn.losses import box_regression_loss, mask_loss, smooth_l1
 from minimaskrcnn.masks import expand_boxes, mask_targets, paste_mask
@@ -27,6 +26,7 @@ from minimaskrcnn.roi_ops import assign_levels, roi_align, roi_pool
 from minimaskrcnn.rpn import filter_proposals, flatten_predictions
 
 from minimaskrcnn.exercises._checking import Case, Exercise
+from minimaskrcnn.exercises.references import average_precision_reference, fpn_top_down_reference
 
 
 def _t(rows, dtype=torch.float32) -> Tensor:
@@ -57,7 +57,10 @@ def _plus_one(boxes: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------ 01 anchors
 def _cell_variant(sizes, aspect_ratios, inverse=False, size_major=False, rounded=True, half=True):
     out = []
-    pairs = [(s, r) for s in sizes for r in aspect_ratios] if size_major else [(s, r) for r in aspect_ratios for s in sizes]
+    if size_major:
+        pairs = [(s, r) for s in sizes for r in aspect_ratios]
+    else:
+        pairs = [(s, r) for r in aspect_ratios for s in sizes]
     for s, r in pairs:
         r = 1 / r if inverse else r
         w, h = s / math.sqrt(r), s * math.sqrt(r)
@@ -91,20 +94,18 @@ def _grid_cases():
 def _iou_union_not_reduced(boxes1, boxes2):
     wh = (torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.max(boxes1[:, None, :2], boxes2[None, :, :2]))
     inter = wh.clamp(min=0).prod(-1)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    return inter / (area(boxes1)[:, None] + area(boxes2)[None])
+    return inter / (box_area(boxes1)[:, None] + box_area(boxes2)[None])
 
 
 def _iou_not_clamped(boxes1, boxes2):
     wh = (torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.max(boxes1[:, None, :2], boxes2[None, :, :2]))
     inter = wh.prod(-1)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    return inter / (area(boxes1)[:, None] + area(boxes2)[None] - inter)
+    return inter / (box_area(boxes1)[:, None] + box_area(boxes2)[None] - inter)
 
 
 def _iou_over_first_area(boxes1, boxes2):
     wh = (torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.max(boxes1[:, None, :2], boxes2[None, :, :2]))
-    return wh.clamp(min=0).prod(-1) / ((boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1]))[:, None]
+    return wh.clamp(min=0).prod(-1) / box_area(boxes1)[:, None]
 
 
 def _iou_cases():
@@ -121,10 +122,10 @@ def _iou_cases():
             Case("random, float32", {"boxes1": _random_boxes(5, g, 20), "boxes2": _random_boxes(6, g, 20)})]
 
 
-def _matcher_variant(strict=False, low_quality="all", no_gt_check=True):
+def _matcher_variant(strict=False, low_quality="all"):
     def build(high, low, allow):
         def match(iou):
-            if iou.shape[0] == 0 and no_gt_check:
+            if iou.shape[0] == 0:
                 return torch.full((iou.shape[1],), -1, dtype=torch.int64)
             best, matches = iou.max(dim=0)
             raw = matches.clone()
@@ -155,8 +156,8 @@ def _matcher_cases():
                                              "allow_low_quality_matches": True, "iou": _t([]).view(0, 4)}),
             Case("thresholds 0.5 / 0.5", {"high_threshold": 0.5, "low_threshold": 0.5,
                                           "allow_low_quality_matches": False, "iou": _t([[0.5, 0.49, 0.51]])}),
-            Case("random, low-quality", {"high_threshold": 0.7, "low_threshold": 0.3,
-                                         "allow_low_quality_matches": True, "iou": torch.rand(3, 8, generator=g) * 0.8})]
+            Case("random, low-quality", {"high_threshold": 0.7, "low_threshold": 0.3, "allow_low_quality_matches": True,
+                                         "iou": torch.rand(3, 8, generator=g) * 0.8})]
 
 
 def _invoke_matcher(fn, args):
@@ -311,7 +312,8 @@ def _batched_cases():
                                                            "idxs": torch.tensor([1, 2, 1]), "iou_threshold": 0.5}),
             Case("no boxes (empty)", {"boxes": _t([]).view(0, 4), "scores": _t([]),
                                       "idxs": torch.zeros(0, dtype=torch.int64), "iou_threshold": 0.5}),
-            Case("classes interleaved", {"boxes": torch.cat((two, two + 30)), "scores": _t([0.3, 0.9, 0.5, 0.8, 0.4, 0.6]),
+            Case("classes interleaved", {"boxes": torch.cat((two, two + 30)),
+                                         "scores": _t([0.3, 0.9, 0.5, 0.8, 0.4, 0.6]),
                                          "idxs": torch.tensor([2, 1, 2, 1, 2, 1]), "iou_threshold": 0.5}),
             Case("random, 3 classes", {"boxes": _random_boxes(15, g, 25), "scores": torch.rand(15, generator=g),
                                        "idxs": torch.randint(0, 3, (15,), generator=g), "iou_threshold": 0.3})]
@@ -336,28 +338,11 @@ def _clip_cases():
             Case("past every border, height 20, width 30", {"boxes": _t([[-5, -3, 40, 25], [25, 15, 35, 22]]),
                                                             "size": (20, 30)}),
             Case("no boxes (empty)", {"boxes": _t([]).view(0, 4), "size": (20, 30)}),
-            Case("batched boxes Tensor[2, 3, 4], float64", {"boxes": _random_boxes(6, g, 40, torch.float64).view(2, 3, 4)
-                                                            - 10, "size": (25, 35)})]
+            Case("batched boxes Tensor[2, 3, 4], float64",
+                 {"boxes": _random_boxes(6, g, 40, torch.float64).view(2, 3, 4) - 10, "size": (25, 35)})]
 
 
 # ------------------------------------------------------------------------------------------------ 04 FPN
-def fpn_top_down_reference(laterals: list[Tensor]) -> list[Tensor]:
-    """The FPN's top-down merge alone: FPN.forward with every 1x1 lateral and 3x3 output conv set to the identity.
-
-    laterals: [Tensor[N, F, H_l, W_l]] finest first -> merged [Tensor[N, F, H_l, W_l]] (without the extra "pool").
-    """
-    channels = laterals[0].shape[1]
-    fpn = FPN([channels] * len(laterals), channels).to(laterals[0].dtype)
-    eye = torch.eye(channels, dtype=laterals[0].dtype)
-    with torch.no_grad():
-        for inner, layer in zip(fpn.inner_blocks, fpn.layer_blocks):
-            inner[0].weight.copy_(eye[:, :, None, None])
-            layer[0].weight.zero_()[:, :, 1, 1] = eye
-            inner[0].bias.zero_()
-            layer[0].bias.zero_()
-        return fpn(laterals)[:-1]
-
-
 def _fpn_variant(mode="nearest", accumulate=True, top_down=True):
     def merge(laterals):
         out = list(laterals)
@@ -373,7 +358,10 @@ def _fpn_variant(mode="nearest", accumulate=True, top_down=True):
 
 def _fpn_cases():
     g = _gen(9)
-    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
     return [Case("two levels 4x4, 2x2", {"laterals": [rand(1, 2, 4, 4), rand(1, 2, 2, 2)]}),
             Case("three levels, odd sizes 7x5, 4x3, 2x2", {"laterals": [rand(1, 1, 7, 5), rand(1, 1, 4, 3),
                                                                         rand(1, 1, 2, 2)]}),
@@ -418,8 +406,9 @@ def _filter_variant(per_level_top=True, per_level_nms=True, clip=True, sigmoid=T
         levels = torch.cat([torch.full((n,), i) for i, n in enumerate(level_sizes)])
         for boxes, logits, size in zip(proposals, objectness, image_sizes):
             if per_level_top:
-                idx = torch.cat([torch.topk(part, min(pre_nms_top_n, len(part))).indices + start for part, start in
-                                 zip(logits.split(level_sizes), [sum(level_sizes[:i]) for i in range(len(level_sizes))])])
+                starts = [sum(level_sizes[:i]) for i in range(len(level_sizes))]
+                idx = torch.cat([torch.topk(part, min(pre_nms_top_n, len(part))).indices + start
+                                 for part, start in zip(logits.split(level_sizes), starts)])
             else:
                 idx = torch.topk(logits, min(pre_nms_top_n, len(logits))).indices
             b, s, lvl = boxes[idx], logits[idx], levels[idx]
@@ -448,9 +437,9 @@ def _filter_cases():
             Case("post_nms_top_n 2", base | {"pre_nms_top_n": 10, "post_nms_top_n": 2, "nms_thresh": 0.5}),
             Case("score_thresh 0.6, min_size 2", base | {"pre_nms_top_n": 10, "post_nms_top_n": 10, "nms_thresh": 0.5,
                                                          "min_size": 2.0, "score_thresh": 0.6}),
-            Case("random, two images, three levels", {"proposals": rand_boxes, "objectness": torch.randn(2, 12, generator=g),
-                                                      "level_sizes": [6, 4, 2], "image_sizes": [(30, 40), (25, 20)],
-                                                      "pre_nms_top_n": 3, "post_nms_top_n": 5, "nms_thresh": 0.4})]
+            Case("random, two images, three levels",
+                 {"proposals": rand_boxes, "objectness": torch.randn(2, 12, generator=g), "level_sizes": [6, 4, 2],
+                  "image_sizes": [(30, 40), (25, 20)], "pre_nms_top_n": 3, "post_nms_top_n": 5, "nms_thresh": 0.4})]
 
 
 # ------------------------------------------------------------------------------------------------ 06 RoI ops
@@ -597,8 +586,9 @@ def _post_cases():
             Case("score_thresh 0.3, detections_per_img 2", base | {"box_coder_weights": (10.0, 10.0, 5.0, 5.0),
                                                                     "score_thresh": 0.3, "nms_thresh": 0.5,
                                                                     "detections_per_img": 2}),
-            Case("weights (1, 1, 1, 1), NMS 0.3", base | {"box_coder_weights": (1.0, 1.0, 1.0, 1.0), "score_thresh": 0.05,
-                                                         "nms_thresh": 0.3, "detections_per_img": 100})]
+            Case("weights (1, 1, 1, 1), NMS 0.3", base | {"box_coder_weights": (1.0, 1.0, 1.0, 1.0),
+                                                         "score_thresh": 0.05, "nms_thresh": 0.3,
+                                                         "detections_per_img": 100})]
 
 
 # ------------------------------------------------------------------------------------------------ 08 masks
@@ -710,7 +700,8 @@ def _smooth_cases():
 
 
 def _boxloss_by_positives(box_deltas, labels, target_deltas, beta=1 / 9):
-    return box_regression_loss(box_deltas, labels, target_deltas, beta) * labels.numel() / max(int((labels > 0).sum()), 1)
+    positives = max(int((labels > 0).sum()), 1)
+    return box_regression_loss(box_deltas, labels, target_deltas, beta) * labels.numel() / positives
 
 
 def _boxloss_class_zero(box_deltas, labels, target_deltas, beta=1 / 9):
@@ -765,7 +756,8 @@ def _maskloss_cases():
     targets[0, 0, :2] = 0.5  # a soft target on a mask's border
     return [Case("3 positives, K + 1 = 3, 4 x 4", {"mask_logits": torch.randn(3, 3, 4, 4, generator=g),
                                                    "labels": torch.tensor([1, 2, 1]), "mask_targets": targets}),
-            Case("no positives (empty)", {"mask_logits": torch.randn(0, 3, 4, 4), "labels": torch.zeros(0, dtype=torch.int64),
+            Case("no positives (empty)", {"mask_logits": torch.randn(0, 3, 4, 4),
+                                          "labels": torch.zeros(0, dtype=torch.int64),
                                           "mask_targets": torch.zeros(0, 4, 4)})]
 
 
@@ -787,22 +779,6 @@ def _xywh_cases():
     return [Case("one box 10 x 20", {"boxes": _t([[1, 2, 11, 22]])}),
             Case("no boxes (empty)", {"boxes": _t([]).view(0, 4)}),
             Case("random, float64", {"boxes": _random_boxes(4, g, dtype=torch.float64)})]
-
-
-def average_precision_reference(recall: Tensor, precision: Tensor) -> float:
-    """COCO's AP of one precision-recall curve, as pycocotools' COCOeval.accumulate computes it.
-
-    recall, precision: Tensor[D] after each detection in decreasing score order (recall non-decreasing).
-    1. Make precision non-increasing from the right (each point takes the best precision at any higher recall).
-    2. At each of the 101 recall thresholds 0, 0.01, ..., 1 read the precision of the first point whose recall
-       reaches it (0 when none does). 3. AP = the mean of the 101 values. (A curve with no point gives 0.)
-    """
-    recall, precision = recall.double(), precision.double()
-    envelope = precision.flip(0).cummax(0).values.flip(0)  # best precision at this or any later point
-    thresholds = torch.linspace(0, 1, 101, dtype=torch.float64)
-    first = torch.searchsorted(recall.contiguous(), thresholds, side="left")  # first point with recall >= threshold
-    padded = torch.cat((envelope, envelope.new_zeros(1)))  # index D (no point reaches it) -> 0
-    return float(padded[first].mean())
 
 
 def _ap_no_envelope(recall, precision):

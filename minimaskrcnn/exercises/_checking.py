@@ -83,7 +83,8 @@ def compare(expected, got) -> tuple[bool, str]:
             value = float(got)
         except (TypeError, ValueError):
             return False, f"returned a {type(got).__name__}, expected a number"
-        agree = math.isclose(value, expected, rel_tol=1e-5, abs_tol=1e-6) or (math.isnan(value) and math.isnan(expected))
+        both_nan = math.isnan(value) and math.isnan(expected)
+        agree = both_nan or math.isclose(value, expected, rel_tol=1e-5, abs_tol=1e-6)
         return agree, f"difference {abs(value - expected):.4g}"
     return got == expected, "values differ"
 
