@@ -6,7 +6,7 @@ Inside the package boxes are absolute (x1, y1, x2, y2) and labels are contiguous
 (x, y, width, height), masks as run-length encodings (RLE) and its own category ids. The conversion happens
 here, at the COCO boundary, and nowhere else.
 
-Memory at COCO scale: the model returns every detection's mask at the image's full size (100 detections of an
+Memory at COCO scale: the model returns every detection's mask at the image's full size (100 detections of one
 800 x 1333 image in float32: 427 MB). `predict_dataset` therefore converts each batch to COCO result dicts (a mask
 becomes an RLE string of a few hundred bytes) as soon as it leaves the model; only those dicts are kept and, under
 torchrun, gathered across processes (`merge_results`).
@@ -43,7 +43,7 @@ def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
     if masks.dim() != 4 or masks.shape[1] != 1:
         raise ValueError(f"encode_masks: masks must be Tensor[D, 1, H, W], got shape {tuple(masks.shape)}")
     binary = (masks[:, 0] > threshold).to(torch.uint8).cpu().numpy()  # (D, H, W)
-    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))  # pycocotools takes (H, W, D) Fortran order
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))  # (D, H, W) -> (H, W, D), Fortran order
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")  # bytes -> str so the result is JSON-serialisable
     return rles

@@ -190,7 +190,7 @@ def _check_resizable(image: Tensor, i: int, cfg: MaskRCNNConfig) -> None:
     except ValueError as error:
         raise ValueError(f"images[{i}]: {error}") from None
     smallest_anchor = min(min(sizes) for sizes in cfg.anchor_sizes)
-    if min(new) < smallest_anchor:
+    if min(new) < min(cfg.min_size, smallest_anchor):  # squeezed by max_size, below every anchor
         warnings.warn(f"images[{i}] ({size[0]} x {size[1]}) is resized to {new[0]} x {new[1]} (scale {scale:.3g}, "
                       f"max_size={cfg.max_size}): its short side is below the smallest anchor ({smallest_anchor} px), "
                       "so objects in it are likely missed; crop or tile it, or raise max_size", stacklevel=3)
