@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from minimaskrcnn.boxes import batched_nms, decode_boxes, nms
-from minimaskrcnn.exercises import EXERCISES, check
+from minimaskrcnn.exercises import EXERCISES, check, stub
 from minimaskrcnn.exercises import solutions as S
 from minimaskrcnn.ops import roi_align as fast_roi_align
 
@@ -62,6 +62,14 @@ def test_stub_is_not_attempted(name, capsys):
 
     assert check(name, MatcherStub if name == "Matcher" else lambda *args: None) is False
     assert "not attempted yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_stub_source_runs_and_is_not_attempted(name, capsys):
+    namespace = {}
+    exec(stub(name), namespace)  # what a notebook's "Your turn" cell holds
+    assert check(name, namespace[name]) is False
+    assert capsys.readouterr().out.startswith(f"{name}: not attempted yet")
 
 
 def test_learner_exception_is_a_message(capsys):

@@ -10,7 +10,8 @@ your function on hand-made, edge and random cases against the package's own func
 
     check("box_iou", box_iou)   # "box_iou: not attempted yet. Hint: ..." until you write it
 
-Reference solutions, written as a learner would (loops allowed): minimaskrcnn.exercises.solutions.
+`stub(name)` gives the source of that starting point. Reference solutions, written as a learner would (loops
+allowed): minimaskrcnn.exercises.solutions.
 
 Shape glossary
     N, M   numbers of boxes (or images, for feature maps Tensor[N, C, H, W])
@@ -20,10 +21,13 @@ Shape glossary
     D      detections, or points of a precision-recall curve
 Each exercise's statement gives the exact shapes of its arguments and result.
 """
+import inspect
+import textwrap
+
 from minimaskrcnn.exercises._catalog import EXERCISES
 from minimaskrcnn.exercises._checking import Exercise, run_check
 
-__all__ = ["EXERCISES", "Exercise", "check"]
+__all__ = ["EXERCISES", "Exercise", "check", "stub"]
 
 
 def check(name: str, fn) -> bool:
@@ -38,3 +42,27 @@ def check(name: str, fn) -> bool:
         print(f"check: no exercise called {name!r}; the exercises are {', '.join(EXERCISES)}")
         return False
     return run_check(name, EXERCISES[name], fn)
+
+
+def _plain_signature(fn, drop_self: bool = False) -> str:
+    """fn's parameters with their defaults, without annotations: "(boxes1, boxes2)"."""
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in inspect.signature(fn).parameters.values()]
+    return str(inspect.Signature(params[1:] if drop_self else params))
+
+
+def stub(name: str) -> str:
+    """The source of the learner's starting point for exercise `name`: the signature, the statement as docstring,
+    and a body that raises NotImplementedError (which `check` reports as "not attempted yet").
+
+    For the "Your turn" cells of the notebooks; Matcher, a class, gets a class stub.
+    """
+    exercise = EXERCISES[name]
+    doc = textwrap.fill(exercise.statement, 112, initial_indent="    ", subsequent_indent="    ").strip()
+    if inspect.isclass(exercise.reference):
+        init = _plain_signature(exercise.reference.__init__, drop_self=True)[1:]
+        call = _plain_signature(exercise.reference.__call__, drop_self=True)[1:]
+        return (f'class {name}:\n    """{doc}"""\n\n    def __init__(self, {init}:\n'
+                f'        pass  # keep the settings on self for __call__\n\n    def __call__(self, {call}:\n'
+                f'        raise NotImplementedError  # your code here\n')
+    return (f'def {name}{_plain_signature(exercise.reference)}:\n    """{doc}"""\n'
+            f'    raise NotImplementedError  # your code here\n')
