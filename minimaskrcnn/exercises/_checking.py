@@ -75,8 +75,8 @@ def compare(expected, got) -> tuple[bool, str]:
             return False, f"{len(got)} items, expected {len(expected)}"
         for i, (e, g) in enumerate(zip(expected, got)):
             agree, why = compare(e, g)
-            if not agree:
-                return False, f"item {i}: {why}"
+            if not agree:  # the path to the differing part: "[0][1]: shape ..."
+                return False, f"[{i}]{why}" if why.startswith("[") else f"[{i}]: {why}"
         return True, ""
     if isinstance(expected, float):
         try:
@@ -89,13 +89,18 @@ def compare(expected, got) -> tuple[bool, str]:
     return got == expected, "values differ"
 
 
+def _rounded(values):
+    """Nested lists of numbers with floats rounded to 4 decimals (for printing)."""
+    if isinstance(values, list):
+        return [_rounded(v) for v in values]
+    return round(values, 4) if isinstance(values, float) else values
+
+
 def show(value, limit: int = 160) -> str:
     """A short one-line picture of an argument or result."""
     if isinstance(value, Tensor):
-        if value.numel() <= 16:
-            text = f"tensor({[round(v, 4) if isinstance(v, float) else v for v in value.flatten().tolist()]}"
-            text += f", shape={tuple(value.shape)}" if value.dim() != 1 else ""
-            text += f", {str(value.dtype).replace('torch.', '')})"
+        if value.numel() <= 16 and value.numel() > 0:
+            text = f"tensor({_rounded(value.detach().tolist())}, {str(value.dtype).replace('torch.', '')})"
         else:
             text = f"Tensor{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
     elif isinstance(value, (list, tuple)):
@@ -174,6 +179,7 @@ def run_check(name: str, exercise: Exercise, fn) -> bool:
             return False
         agree, why = compare(expected, got)
         if not agree:
+            why = f"result{why}" if why.startswith("[") else why
             lines = [f"{name}: case '{case.label}' differs ({why}).", f"  inputs:   {inputs}",
                      f"  expected: {show(expected)}", f"  got:      {show(got)}"]
             mistake = _looks_like(exercise, fn, cases, case, expected, got)
