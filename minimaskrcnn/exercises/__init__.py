@@ -36,7 +36,7 @@ def check(name: str, fn) -> bool:
     Prints one line on success; otherwise the first failing case (inputs, expected, got, the difference) and,
     when the answer matches a typical mistake, its name. An untouched stub (raises NotImplementedError or returns
     None) prints "not attempted yet" with a hint; an exception in `fn` is reported as a message, not a traceback.
-    Names: EXERCISES' keys (each notebook's "Your turn" sections use them).
+    Names: EXERCISES' keys. Used by the "Your turn" sections of notebooks 01 to 11.
     """
     if name not in EXERCISES:
         print(f"check: no exercise called {name!r}; the exercises are {', '.join(EXERCISES)}")

@@ -19,6 +19,7 @@ def fpn_top_down_reference(laterals: list[Tensor]) -> list[Tensor]:
     """The FPN's top-down merge alone: FPN.forward with every 1x1 lateral and 3x3 output conv set to the identity.
 
     laterals: [Tensor[N, F, H_l, W_l]] finest first -> merged [Tensor[N, F, H_l, W_l]] (without the extra "pool").
+    The exercise of notebooks/04_backbone_fpn.ipynb.
     """
     channels = laterals[0].shape[1]
     fpn = FPN([channels] * len(laterals), channels).to(laterals[0].dtype)
@@ -39,6 +40,7 @@ def average_precision_reference(recall: Tensor, precision: Tensor) -> float:
     1. Make precision non-increasing from the right (each point takes the best precision at any higher recall).
     2. At each of the 101 recall thresholds 0, 0.01, ..., 1 read the precision of the first point whose recall
        reaches it (0 when none does). 3. AP = the mean of the 101 values. (A curve with no point gives 0.)
+    The exercise of notebooks/11_train_on_gpu.ipynb.
     """
     recall, precision = recall.double(), precision.double()
     envelope = precision.flip(0).cummax(0).values.flip(0)  # best precision at this or any later point
