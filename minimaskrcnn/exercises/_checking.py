@@ -66,8 +66,9 @@ def compare(expected, got) -> tuple[bool, str]:
             return True, ""
         diff = (got.detach() - expected.detach()).abs().nan_to_num(nan=float("inf"))
         where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-        return False, (f"max difference {float(diff.max()):.4g} at index {where}: expected "
-                       f"{float(expected[where]):.6g}, got {float(got[where]):.6g}")
+        at = f" at index {where}" if where else ""
+        return False, (f"max difference {float(diff.max()):.4g}{at}: expected {float(expected[where]):.6g}, "
+                       f"got {float(got[where]):.6g}")
     if isinstance(expected, (list, tuple)):
         if not isinstance(got, (list, tuple)):
             return False, f"returned a {type(got).__name__}, expected a {type(expected).__name__}"
