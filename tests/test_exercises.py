@@ -67,7 +67,9 @@ def test_stub_is_not_attempted(name, capsys):
 @pytest.mark.parametrize("name", list(EXERCISES))
 def test_stub_source_runs_and_is_not_attempted(name, capsys):
     namespace = {}
-    exec(stub(name), namespace)  # what a notebook's "Your turn" cell holds
+    source = stub(name)
+    assert max(len(line) for line in source.splitlines()) <= 120
+    exec(source, namespace)  # what a notebook's "Your turn" cell holds
     assert check(name, namespace[name]) is False
     assert capsys.readouterr().out.startswith(f"{name}: not attempted yet")
 

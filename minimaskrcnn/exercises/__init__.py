@@ -44,10 +44,16 @@ def check(name: str, fn) -> bool:
     return run_check(name, EXERCISES[name], fn)
 
 
-def _plain_signature(fn, drop_self: bool = False) -> str:
-    """fn's parameters with their defaults, without annotations: "(boxes1, boxes2)"."""
+def _plain_signature(fn, drop_self: bool = False, indent: int = 0) -> str:
+    """fn's parameters with their defaults, without annotations: "(boxes1, boxes2)", wrapped between parameters
+    (continuation lines indented by `indent`) so that no line passes 120 characters."""
     params = [p.replace(annotation=inspect.Parameter.empty) for p in inspect.signature(fn).parameters.values()]
-    return str(inspect.Signature(params[1:] if drop_self else params))
+    lines = [""]
+    for text in (str(p) for p in params[1 if drop_self else 0:]):
+        if lines[-1] and indent + len(lines[-1]) + len(text) + 4 > 120:
+            lines.append("")
+        lines[-1] += (", " if lines[-1] else "") + text
+    return "(" + (",\n" + " " * indent).join(lines) + ")"
 
 
 def stub(name: str) -> str:
@@ -64,5 +70,5 @@ def stub(name: str) -> str:
         return (f'class {name}:\n    """{doc}"""\n\n    def __init__(self, {init}:\n'
                 f'        pass  # keep the settings on self for __call__\n\n    def __call__(self, {call}:\n'
                 f'        raise NotImplementedError  # your code here\n')
-    return (f'def {name}{_plain_signature(exercise.reference)}:\n    """{doc}"""\n'
-            f'    raise NotImplementedError  # your code here\n')
+    head = f"def {name}{_plain_signature(exercise.reference, indent=len(name) + 5)}:"
+    return f'{head}\n    """{doc}"""\n    raise NotImplementedError  # your code here\n'

@@ -897,7 +897,8 @@ EXERCISES: dict[str, Exercise] = {
     "nms": _ex(
         "03_box_coding_nms", nms,
         "Greedy non-maximum suppression: indices (int64) of the kept boxes by decreasing score; a box is dropped "
-        "when its IoU with a higher-scoring kept box is > iou_threshold.",
+        "when its IoU with a higher-scoring kept box is > iou_threshold. (block_size only tunes the package's "
+        "speed: ignore it.)",
         "sort by score (stable, descending: equal scores keep the lower index first); walk the order, keep a box "
         "unless it overlaps an already kept one by more than the threshold.",
         _nms_cases,
