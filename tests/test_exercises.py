@@ -1,15 +1,20 @@
 """Tests for minimaskrcnn.exercises: every checker accepts its solution, rejects typical wrong versions (named),
 reports stubs as not attempted and never lets a learner's exception through."""
+import contextlib
+import io
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from minimaskrcnn.boxes import batched_nms, decode_boxes, nms
 from minimaskrcnn.exercises import EXERCISES, check, stub
 from minimaskrcnn.exercises import solutions as S
+from minimaskrcnn.exercises.references import average_precision_reference, fpn_top_down_reference
 from minimaskrcnn.ops import roi_align as fast_roi_align
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -436,3 +441,39 @@ def test_checker_rejects_and_names_a_typical_mistake(name, index, capsys):
     assert looks_like and mistake in looks_like[0], out
     assert ", or " not in looks_like[0], out  # one mistake named, not a list of guesses
     assert "Traceback" not in out and len(out.splitlines()) <= 6
+
+
+# ------------------------------------------------------------------------------------------------ the references
+def test_average_precision_reference_matches_pycocotools():
+    """17 images with one ground-truth box each, 20 detections (exact box or a miss): AP50 from COCOeval equals the
+    reference on the same precision-recall curve."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 17, (20,), generator=g).tolist()
+    hits = (torch.rand(20, generator=g) > 0.4).tolist()
+    scores = torch.rand(20, generator=g).tolist()
+    gt = {"images": [{"id": i, "width": 50, "height": 50} for i in range(17)],
+          "annotations": [{"id": i + 1, "image_id": i, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100,
+                           "iscrowd": 0} for i in range(17)], "categories": [{"id": 1, "name": "a"}]}
+    dets = [{"image_id": i, "category_id": 1, "bbox": [0, 0, 10, 10] if hit else [30, 30, 10, 10], "score": s}
+            for i, hit, s in zip(images, hits, scores)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(dets), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+    ap50 = float(evaluator.eval["precision"][0, :, 0, 0, 2].mean())  # IoU 0.5, all recalls, area all, 100 dets
+    matched, true_positives = set(), []
+    for k in sorted(range(20), key=lambda k: -scores[k]):  # a hit counts once per image
+        true_positives.append(float(hits[k] and images[k] not in matched))
+        matched |= {images[k]} if hits[k] else set()
+    tp = torch.tensor(true_positives, dtype=torch.float64).cumsum(0)
+    assert 0 < ap50 < 1
+    assert average_precision_reference(tp / 17, tp / torch.arange(1, 21)) == pytest.approx(ap50, abs=1e-12)
+
+
+def test_fpn_top_down_reference_is_the_fpn_without_its_convs():
+    coarse, fine = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 3, 4)
+    merged = fpn_top_down_reference([fine, coarse])
+    assert torch.equal(merged[1], coarse) and torch.equal(merged[0], torch.ones(1, 1, 3, 4))

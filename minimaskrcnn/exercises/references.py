@@ -9,6 +9,7 @@ Shape glossary
     H_l, W_l   height and width of level l
     D          points of a precision-recall curve (one per detection, in decreasing score order)
 """
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,7 +45,7 @@ def average_precision_reference(recall: Tensor, precision: Tensor) -> float:
     """
     recall, precision = recall.double(), precision.double()
     envelope = precision.flip(0).cummax(0).values.flip(0)  # best precision at this or any later point
-    thresholds = torch.linspace(0, 1, 101, dtype=torch.float64)
+    thresholds = torch.from_numpy(np.linspace(0.0, 1.0, 101))  # pycocotools' recThrs (torch.linspace rounds 6 apart)
     first = torch.searchsorted(recall.contiguous(), thresholds, side="left")  # first point with recall >= threshold
     padded = torch.cat((envelope, envelope.new_zeros(1)))  # index D (no point reaches it) -> 0
     return float(padded[first].mean())
