@@ -75,7 +75,7 @@ def draw_proposals(ax, image, boxes, scores=None, gt_boxes=None, max_boxes: int 
     x1, y1, x2, y2 = boxes.unbind(-1)
     corners = torch.stack((x1, y1, x2, y1, x2, y2, x1, y2), dim=-1).reshape(-1, 4, 2)  # (P, 4) -> (P, 4 corners, 2)
     colours = colormaps["plasma"](scores.numpy())
-    colours[:, 3] = 0.3 + 0.7 * scores.numpy()
+    colours[:, 3] = 0.1 + 0.9 * scores.numpy()  # low scores nearly transparent
     ax.add_collection(PolyCollection(corners.numpy(), facecolors="none", edgecolors=colours, linewidths=0.9))
     if gt_boxes is not None:
         _boxes(ax, gt_boxes, GT, lw=2.0, ls=":")
