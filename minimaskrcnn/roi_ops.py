@@ -298,7 +298,10 @@ class _RoIPool(torch.autograd.Function):
             idx = plane[sl].reshape(-1, 1, ph * pw * len_y * len_x).expand(-1, c, -1)  # (Rc, C, bins*L)
             vals = torch.gather(flat[batch[sl]], 2, idx).view(-1, c, ph * pw, len_y * len_x)
             vals = vals.masked_fill(~ok[sl, None], float("-inf"))
-            best, where = vals.max(dim=3)  # first maximum in row-major order, as the reference
+            # first maximum in row-major order, as the reference (argmax + gather: max(dim) with indices is
+            # slow on a busy multi-threaded CPU)
+            where = vals.argmax(dim=3)
+            best = vals.gather(3, where[..., None])[..., 0]
             nonempty = ok[sl].any(dim=2)[:, None, :]  # (Rc, 1, bins)
             out[sl] = torch.where(nonempty, best, torch.zeros_like(best))
             chosen = torch.gather(plane[sl, None].expand(-1, c, -1, -1), 3, where[..., None])[..., 0]
@@ -332,6 +335,88 @@ def roi_pool(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float =
     _check_input(input, "roi_pool")
     rois = convert_boxes_to_rois(boxes, input).detach()
     return _RoIPool.apply(input, rois, _pair(output_size), float(spatial_scale))
+
+
+# ------------------------------------------------------------------------------------------ readable references
+# The same ops written as the definition reads: a loop over RoIs, bins and samples. Slow (Python loops), but each
+# line is one step of the method; tests and notebook 06 assert that the fast ops above give the same numbers.
+def _bilinear(feature: Tensor, y: float, x: float) -> Tensor:
+    """feature: Tensor[C, H, W] read at the real point (y, x) (row, column; pixel k's value sits at k) -> Tensor[C].
+
+    torchvision's border rules: 0 more than one pixel outside the map; up to there the edge pixel is repeated.
+    """
+    c, h, w = feature.shape
+    if y < -1 or y > h or x < -1 or x > w:
+        return feature.new_zeros(c)
+    y, x = min(max(y, 0.0), h - 1), min(max(x, 0.0), w - 1)
+    y0, x0 = int(y), int(x)  # the top-left neighbour (floor: y, x >= 0 here)
+    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+    dy, dx = y - y0, x - x0
+    return ((1 - dy) * (1 - dx) * feature[:, y0, x0] + (1 - dy) * dx * feature[:, y0, x1]
+            + dy * (1 - dx) * feature[:, y1, x0] + dy * dx * feature[:, y1, x1])
+
+
+def roi_align_reference(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float = 1.0,
+                        sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """RoIAlign written as loops: the arguments and result of `roi_align` (gradient included), much slower.
+
+    Each RoI is cut into ph x pw equal bins; each bin is the mean of grid_h x grid_w bilinear samples, one at the
+    centre of each of its equal sub-cells. Nothing is rounded.
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb.
+    """
+    _check_input(input, "roi_align_reference")
+    rois = convert_boxes_to_rois(boxes, input)
+    ph, pw = _pair(output_size)
+    c = input.shape[1]
+    bins = []  # one Tensor[C] per bin, RoI by RoI, row by row
+    for n, *box in rois.tolist():
+        x1, y1, x2, y2 = (v * spatial_scale - (0.5 if aligned else 0.0) for v in box)  # onto the feature map
+        height, width = (y2 - y1, x2 - x1) if aligned else (max(y2 - y1, 1.0), max(x2 - x1, 1.0))
+        bin_h, bin_w = height / ph, width / pw
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_h)  # adaptive: ~1 sample per pixel
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_w)
+        for i in range(ph):
+            for j in range(pw):
+                ys = [y1 + i * bin_h + (g + 0.5) * bin_h / grid_h for g in range(grid_h)]
+                xs = [x1 + j * bin_w + (g + 0.5) * bin_w / grid_w for g in range(grid_w)]
+                samples = [_bilinear(input[int(n)], y, x) for y in ys for x in xs]
+                bins.append(sum(samples) / len(samples) if samples else input.new_zeros(c))
+    out = torch.stack(bins) if bins else input.new_zeros((0, c))
+    return out.view(len(rois), ph, pw, c).permute(0, 3, 1, 2)  # (R*ph*pw, C) -> (R, C, ph, pw)
+
+
+def roi_pool_reference(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float = 1.0) -> Tensor:
+    """RoIPool written as loops: the arguments and result of `roi_pool` (gradient included), much slower.
+
+    The box is rounded to whole feature pixels and cut into ph x pw bins of whole pixels (the start of each bin
+    rounded down, its end rounded up, so neighbouring bins may share a row); each bin keeps its largest value.
+
+    Built in notebooks/06_roialign_vs_roipool.ipynb.
+    """
+    _check_input(input, "roi_pool_reference")
+    rois = convert_boxes_to_rois(boxes, input)
+    ph, pw = _pair(output_size)
+    c, h, w = input.shape[1:]
+    bins = []  # one Tensor[C] per bin, RoI by RoI, row by row
+    for n, *box in rois.tolist():
+        x1, y1, x2, y2 = (int(math.copysign(math.floor(abs(v * spatial_scale) + 0.5), v)) for v in box)  # round
+        # bin sizes in float32 arithmetic, as the fast op (and torchvision's kernel on float32 maps)
+        bin_h = torch.tensor(max(y2 - y1 + 1, 1), dtype=torch.float32) / ph
+        bin_w = torch.tensor(max(x2 - x1 + 1, 1), dtype=torch.float32) / pw
+        for i in range(ph):
+            top = min(max(y1 + int(torch.floor(i * bin_h)), 0), h)
+            bottom = min(max(y1 + int(torch.ceil((i + 1) * bin_h)), 0), h)
+            for j in range(pw):
+                left = min(max(x1 + int(torch.floor(j * bin_w)), 0), w)
+                right = min(max(x1 + int(torch.ceil((j + 1) * bin_w)), 0), w)
+                if bottom > top and right > left:  # the bin's max; its first maximum gets the gradient
+                    pixels = input[int(n), :, top:bottom, left:right].flatten(1)  # (C, h, w) -> (C, h*w)
+                    bins.append(pixels.gather(1, pixels.argmax(dim=1, keepdim=True))[:, 0])
+                else:  # an empty bin (outside the map) gives 0
+                    bins.append(input.new_zeros(c))
+    out = torch.stack(bins) if bins else input.new_zeros((0, c))
+    return out.view(len(rois), ph, pw, c).permute(0, 3, 1, 2)  # (R*ph*pw, C) -> (R, C, ph, pw)
 
 
 # ---------------------------------------------------------------------------------------------------- multi-scale

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from minimaskrcnn.roi_ops import MultiScaleRoIAlign, assign_levels, roi_align, roi_pool
+from minimaskrcnn.roi_ops import (MultiScaleRoIAlign, assign_levels, roi_align, roi_align_reference, roi_pool,
+                                  roi_pool_reference)
 
 
 def arange_map():
@@ -168,6 +169,61 @@ def test_bad_input_raises():
         roi_pool(torch.zeros(1, 1, 5, 5), [torch.zeros(1, 4), torch.zeros(1, 5)], 2)
     with pytest.raises(ValueError, match="K, 5"):
         roi_align(torch.zeros(1, 1, 5, 5), torch.zeros(1, 4), 2)
+
+
+# ------------------------------------------------------------------------------------------ readable references
+def rois_past_the_border(count, generator, image_count=2, low=-3.0, span=14.0, max_size=12.0):
+    """Tensor[count, 5] float64: boxes spread over and past a ~10-pixel map, some with zero width or height."""
+    xy = torch.rand(count, 2, generator=generator, dtype=torch.float64) * span + low
+    wh = torch.rand(count, 2, generator=generator, dtype=torch.float64) * max_size
+    wh[:3, 0] = 0  # zero width
+    wh[3:5] = 0  # a point
+    index = torch.randint(0, image_count, (count, 1), generator=generator).double()
+    return torch.cat((index, xy, xy + wh), dim=1)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+def test_roi_align_reference_equals_fast_op(aligned, sampling_ratio):
+    generator = torch.Generator().manual_seed(sampling_ratio + 10 * aligned)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, generator=generator)
+    rois = rois_past_the_border(12, generator)
+    assert bool(((rois[:, 1:3] < 0) | (rois[:, 3:] > 9)).any())  # some boxes go past the border
+    for scale, size in ((1.0, (3, 2)), (0.5, 4)):
+        fast = roi_align(x, rois, size, scale, sampling_ratio, aligned)
+        slow = roi_align_reference(x, rois, size, scale, sampling_ratio, aligned)
+        assert torch.allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_roi_align_reference_hand_values_and_gradient():
+    assert roi_align_reference(arange_map(), box(0, 0, 4, 4), 1, sampling_ratio=2).item() == pytest.approx(12.0)
+    assert roi_align_reference(arange_map(), box(3, 3, 7, 7), 1, sampling_ratio=2).item() == pytest.approx(6.0)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, 0.7, 4.2, 5.1], [1, -1.5, 2.0, 3.0, 9.0]], dtype=torch.float64)
+    fast_grad, = torch.autograd.grad(roi_align(x, rois, (3, 2), 1.0, -1, True).square().sum(), x)
+    slow_grad, = torch.autograd.grad(roi_align_reference(x, rois, (3, 2), 1.0, -1, True).square().sum(), x)
+    assert torch.allclose(fast_grad, slow_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5, 1 / 3])
+def test_roi_pool_reference_equals_fast_op(scale):
+    generator = torch.Generator().manual_seed(int(scale * 100))
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, generator=generator, requires_grad=True)
+    rois = rois_past_the_border(12, generator)
+    for size in ((3, 2), 9):  # 9 bins over a few pixels: bins overlap, share rows, or are empty
+        fast, slow = roi_pool(x, rois, size, scale), roi_pool_reference(x, rois, size, scale)
+        assert torch.equal(fast, slow)
+        weights = torch.randn(fast.shape, generator=generator, dtype=torch.float64)
+        fast_grad, = torch.autograd.grad((fast * weights).sum(), x)
+        slow_grad, = torch.autograd.grad((slow * weights).sum(), x)
+        assert torch.allclose(fast_grad, slow_grad, rtol=0, atol=1e-12)
+
+
+def test_references_refuse_bad_input():
+    with pytest.raises(ValueError, match="roi_align_reference: input"):
+        roi_align_reference(torch.zeros(3, 5, 5), torch.zeros(1, 5), 2)
+    with pytest.raises(ValueError, match=r"boxes\[1\]"):
+        roi_pool_reference(torch.zeros(1, 1, 5, 5), [torch.zeros(1, 4), torch.zeros(1, 5)], 2)
 
 
 # ------------------------------------------------------------------------------------------------ levels
