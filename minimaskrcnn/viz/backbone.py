@@ -51,9 +51,9 @@ def draw_fpn(ax, stage_shapes: dict, level_shapes: dict, extra_level: str = "poo
         y = i * ROW
         texts[stage] = _node(ax, 0, y, stage, shape, STAGE)
         texts[level] = _node(ax, OUT_X, y, level, out_shape, OUTPUT)
-        top = i == len(stages) - 1  # the coarsest merged map is its lateral alone: nothing to add
+        coarsest = i == len(stages) - 1  # the coarsest merged map is its lateral alone: nothing to add
         ax.add_patch(Circle((SUM_X, y), radius, facecolor="white", edgecolor="black", lw=0.8))
-        ax.text(SUM_X, y, "" if top else "+", ha="center", va="center", fontsize=8)
+        ax.text(SUM_X, y, "" if coarsest else "+", ha="center", va="center", fontsize=8)
         _arrow(ax, (WIDTH / 2, y), (SUM_X - radius, y), f"1×1 conv {shape[0]}→{out_shape[0]}", (0, 0.13))
         _arrow(ax, (SUM_X + radius, y), (OUT_X - WIDTH / 2, y), "3×3 conv", (0, 0.13))
     for i in range(1, len(outputs)):  # each merged map comes down into the sum of the next finer level
