@@ -20,6 +20,7 @@ the folders it reads, and every argument is checked before any work starts.
 import argparse
 import ast
 import json
+import math
 import os
 import shutil
 import sys
@@ -59,15 +60,18 @@ PREDICTIONS_NAME = "results.json"
 
 
 # ----------------------------------------------------------------------------------------------- argument types
-def _number(kind, low: float, inclusive: bool = True):
-    """An argparse type: `kind` (int or float) >= low (or > low when not inclusive)."""
+def _number(kind, low: float, inclusive: bool = True, high: float = math.inf):
+    """An argparse type: a finite `kind` (int or float) >= low (or > low when not inclusive) and <= high."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if value < low or (value == low and not inclusive) or value != value:  # value != value: NaN
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
+        if not math.isfinite(value):  # nan, inf: a learning rate or weight decay that turns every weight into NaN
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (value == low and not inclusive) or value > high:
+            bounds = f"between {low} and {high}" if high < math.inf else f"{'>=' if inclusive else '>'} {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
@@ -75,13 +79,23 @@ def _number(kind, low: float, inclusive: bool = True):
 
 positive_int, non_negative_int = _number(int, 1), _number(int, 0)
 positive_float, non_negative_float = _number(float, 0, inclusive=False), _number(float, 0)
+probability = _number(float, 0, high=1)
+seed_int = _number(int, 0, high=2**63 - 1)  # what torch.manual_seed takes
 
 
-def probability(text: str) -> float:
-    value = non_negative_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def device_name(text: str) -> str:
+    """--device: a device torch knows and this machine has (cpu, cuda, cuda:1, mps ...)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, cuda:N, mps ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available here (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no Apple GPU (MPS) is available here (use --device cpu)")
+    return text
 
 
 def _fits(value, kind) -> bool:
@@ -322,6 +336,9 @@ def cmd_train(args) -> int:
                                        (str(splits["train"][1]), str(splits["val"][1])))
     if differences:
         fail("train", "the train and val splits have different categories:" + _problem_list(differences))
+    if math.ceil(len(train_set) / world) < pick("batch_size"):
+        fail("train", f"--batch-size {pick('batch_size')} is more than the {len(train_set)} training images of "
+                      f"{splits['train'][1]} give each of {world} process(es); lower it")
     num_classes = len(train_set.class_names)  # background included, as torchvision
     torch.manual_seed(args.seed)  # the initial weights too (every rank the same; DDP broadcasts rank 0's anyway)
     model = build_model(args.preset, num_classes, **overrides)
@@ -341,6 +358,13 @@ def cmd_train(args) -> int:
         log_every=args.log_every, num_workers=args.workers, amp=not args.no_amp, progress=not args.no_progress)
     info = {"preset": args.preset, "overrides": overrides, "weights": args.weights,
             "class_names": list(train_set.class_names), "category_ids": _plain(train_set.category_ids)}
+    if resuming:  # a checkpoint that cannot be read or continued is refused before training, not in a traceback
+        path = out / engine.CHECKPOINT_NAME
+        try:
+            engine.check_resumable(engine.load_checkpoint(path), cfg, {**info, **engine.describe_model(model)},
+                                   engine.dataset_fingerprint(train_set), path)
+        except ValueError as error:
+            fail("train", f"--resume: {error}")
     device = torch.device(args.device) if args.device else engine.default_device()
     if rank == 0:
         print(f"training {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
@@ -377,6 +401,25 @@ def predictions_picture(model, dataset, path: Path, device, count: int = 8, scor
 
 
 # --------------------------------------------------------------------------------------------------- evaluate
+def load_model(command: str, path):
+    """engine.model_from_checkpoint(path), its refusals (no such file, not a plain-data checkpoint of ours, weights
+    that do not fit the config it records) as this command's error."""
+    try:
+        return engine.model_from_checkpoint(path)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        fail(command, f"--checkpoint: {error}")
+
+
+def check_output_file(command: str, out: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse an output file that is one of the command's inputs, a folder, or (without --overwrite) exists."""
+    if any(out.resolve() == path.resolve() for path in inputs):
+        fail(command, f"--out {out} is one of the inputs; write the output elsewhere")
+    if out.is_dir():
+        fail(command, f"--out {out} is a folder; name a file")
+    if out.exists() and not overwrite:
+        fail(command, f"--out {out} exists already; pass --overwrite to replace it, or choose another file")
+
+
 def checkpoint_categories(command: str, ckpt: dict, path) -> tuple[dict[int, str], dict]:
     """({category id: name}, model_info) of a checkpoint; refused when it does not record its categories."""
     info = ckpt.get("model_info") or {}
@@ -397,9 +440,11 @@ def cmd_evaluate(args) -> int:
     else:
         fail("evaluate", "give --data (a split folder, or one with val/) or both --images and --annotations")
     check_split_paths("evaluate", {"evaluation": (images, annotations)})
+    if args.out:
+        check_output_file("evaluate", Path(args.out), args.overwrite, [annotations, Path(args.checkpoint)])
     engine.init_distributed()
-    model, ckpt = engine.model_from_checkpoint(args.checkpoint)
-    trained, _ = checkpoint_categories("evaluate", ckpt, args.checkpoint)
+    model, ckpt = load_model("evaluate", args.checkpoint)
+    trained, info = checkpoint_categories("evaluate", ckpt, args.checkpoint)
     from minimaskrcnn.data import CocoDataset, check_dataset
 
     problems = check_dataset(images, annotations)
@@ -413,7 +458,7 @@ def cmd_evaluate(args) -> int:
                          + _problem_list(differences))
     device = torch.device(args.device) if args.device else engine.default_device()
     model.to(device)
-    metrics = engine.evaluate(model, dataset, device, batch_size=args.batch_size)
+    metrics = engine.evaluate(model, dataset, device, batch_size=args.batch_size, category_ids=info["category_ids"])
     if engine.get_rank() == 0:
         print(format_metrics(metrics))
         if args.out:
@@ -445,6 +490,8 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_predict_outputs(files: list[Path], inputs: list[str], out: Path, overwrite: bool) -> dict[Path, Path]:
     """{input image: output picture}, after refusing an --out that is, holds or lies in a folder of the inputs, two
     inputs that would write one picture, and (without --overwrite) outputs that exist already."""
+    if out.exists() and not out.is_dir():
+        fail("predict", f"--out {out} is a file, not a folder")
     out = out.resolve()
     folders = {Path(i).resolve() if Path(i).is_dir() else Path(i).resolve().parent for i in inputs}
     for folder in sorted(folders):
@@ -474,19 +521,30 @@ def cmd_predict(args) -> int:
     targets = check_predict_outputs(files, args.inputs, Path(args.out), args.overwrite)
     ids = {}
     if args.annotations:
-        ids = {Path(im["file_name"]).name: im["id"] for im in json.loads(Path(args.annotations).read_text())["images"]}
+        try:
+            entries = json.loads(Path(args.annotations).read_text())["images"]
+            ids = {Path(im["file_name"]).name: im["id"] for im in entries}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            fail("predict", f"--annotations {args.annotations}: not a COCO file whose images have 'file_name' and "
+                            f"'id' ({type(error).__name__}: {error})")
         missing = [f.name for f in files if f.name not in ids]
         if missing:
             fail("predict", f"{args.annotations} has no image entry for {missing[:5]}")
-    model, ckpt = engine.model_from_checkpoint(args.checkpoint)
+    model, ckpt = load_model("predict", args.checkpoint)
     _, info = checkpoint_categories("predict", ckpt, args.checkpoint)
     device = torch.device(args.device) if args.device else engine.default_device()
     model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    unreadable = []
     for path, target in targets.items():
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except ValueError as error:  # a corrupt photo among many: the others are still predicted, and it is named
+            unreadable.append(str(error))
+            print(f"skipped {error}")
+            continue
         with torch.no_grad():
             (pred,) = model([image.to(device)])
         pred = {k: v.cpu() for k, v in pred.items()}
@@ -496,7 +554,9 @@ def cmd_predict(args) -> int:
         kept = int((pred["scores"] >= args.score_threshold).sum())
         print(f"{path.name}: {kept} detections >= {args.score_threshold}")
     (out / PREDICTIONS_NAME).write_text(json.dumps(results))
-    print(f"wrote {len(files)} pictures and {out / PREDICTIONS_NAME} ({len(results)} detections)")
+    print(f"wrote {len(files) - len(unreadable)} pictures and {out / PREDICTIONS_NAME} ({len(results)} detections)")
+    if unreadable:
+        fail("predict", f"{len(unreadable)} image(s) could not be read and were skipped:{_problem_list(unreadable)}")
     return 0
 
 
@@ -567,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "preset)")
     t.add_argument("--override", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable, e.g. --override rpn_post_nms_top_n_train=300")
-    t.add_argument("--seed", type=int, default=0,
+    t.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the initial weights, data order, augmentation and sampling")
     t.add_argument("--eval-every", type=non_negative_int, default=0, help="evaluate every N steps (0: at the end only)")
     t.add_argument("--checkpoint-every", type=positive_int, default=100, help="checkpoint every N steps")
@@ -577,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
     again.add_argument("--overwrite", action="store_true", help="start a new run in a non-empty --out")
     t.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    t.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -591,19 +651,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", help="folder of the images (with --annotations, instead of --data)")
     e.add_argument("--annotations", help="COCO instances file of those images")
     e.add_argument("--batch-size", type=positive_int, default=8, help="images per inference batch")
-    e.add_argument("--out", help="also write the metrics to this JSON file")
-    e.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
+    e.add_argument("--out", help="also write the metrics to this JSON file (a new file unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace the --out file when it exists")
+    e.add_argument("--device", type=device_name, help="cpu, cuda ... (default: cuda when available)")
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="detect in images; a picture per image and one COCO results JSON",
                        description="Writes OUT/<image>.png and OUT/results.json (COCO results, RLE masks, the "
-                                   "checkpoint's category ids). --out may not be, hold or lie in an input folder.")
+                                   "checkpoint's category ids). --out may not be, hold or lie in an input folder. "
+                                   "An unreadable image is skipped and named; the exit status is then 1.")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
     p.add_argument("--out", required=True, help="output folder (not an input folder)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist already")
     p.add_argument("--annotations", help="COCO JSON whose images map file names to image ids (default: the file name)")
     p.add_argument("--score-threshold", type=probability, default=0.5, help="lowest score drawn in the pictures")
-    p.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of images")
     p.set_defaults(func=cmd_predict)
 

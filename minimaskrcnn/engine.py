@@ -281,9 +281,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(_refusal(path, err)) from None
+        raise ValueError(unpickling_refusal(path, err)) from None
     except (RuntimeError, EOFError) as err:  # not a torch.save file at all (empty, truncated, another format)
-        raise ValueError(f"{path} is not a readable checkpoint: {err or 'the file is empty'}") from None
+        raise ValueError(f"{path} is not a readable checkpoint: {str(err) or 'the file is empty'}") from None
     version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} is not a minimaskrcnn checkpoint of format {FORMAT_VERSION} (format_version: "
@@ -291,8 +291,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def _refusal(path: Path, err: Exception) -> str:
-    """Why load_checkpoint refuses a file that weights_only loading rejected, naming the globals it would import."""
+def unpickling_refusal(path: Path, err: Exception) -> str:
+    """Why a file that torch.load(weights_only=True) rejected is refused (load_checkpoint, weights.read_weights_file),
+    naming the globals it would import -- never torch's advice to retry with weights_only=False.
+    No notebook shows it on its own (notebooks/11_train_on_gpu.ipynb loads checkpoints through load_checkpoint)."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a file too broken to list them: the loader's own message says enough
@@ -302,9 +304,11 @@ def _refusal(path: Path, err: Exception) -> str:
                 f"{names}); this version reads only plain-data checkpoints (format {FORMAT_VERSION}) and will not "
                 f"unpickle it. Retrain, or, only if you trust the file, load it yourself and re-save its 'model' "
                 f"state dict")
-    first = str(err).strip().splitlines()[-1] if not names else ", ".join(names)
-    return (f"{path} holds objects other than tensors and plain data ({first}); unpickling them could run code, "
-            f"so the checkpoint is refused")
+    if not names:  # not a pickle of objects at all: torch's reason follows "WeightsUnpickler error:"
+        lines = [line.strip() for line in str(err).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+        return f"{path} is not a readable checkpoint ({lines[0] if lines else type(err).__name__})"
+    return (f"{path} holds objects other than tensors and plain data ({', '.join(names)}); unpickling them could "
+            f"run code, so the file is refused")
 
 
 def _lists(value):
@@ -376,11 +380,14 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, model_info: dict, fingerprint:
     """Refuse to resume from `ckpt` when the model, its classes, the training set or a TrainConfig field that is
     neither free nor a schedule field differ from the current run (ValueError listing `field: saved -> now`).
 
-    model_info: `describe_model` of the current model; fingerprint: `dataset_fingerprint` of the current training set.
+    model_info: `describe_model` of the current model, with the run's `class_names` and `category_ids` when it has
+    them (compared too: the same number of classes may mean other classes); fingerprint: `dataset_fingerprint` of the
+    current training set.
     Built in notebooks/11_train_on_gpu.ipynb.
     """
     saved_info, saved_cfg, now_cfg = ckpt.get("model_info") or {}, ckpt["train_config"], _lists(asdict(cfg))
-    pairs = {f"model.{k}": (saved_info.get(k), model_info[k]) for k in ("num_classes",)}
+    pairs = {f"model.{k}": (_lists(saved_info.get(k)), _lists(model_info.get(k)))
+             for k in ("num_classes", "class_names", "category_ids") if k == "num_classes" or k in model_info}
     saved_model, now_model = saved_info.get("config") or {}, model_info["config"] or {}
     pairs |= {f"model.config.{k}": (saved_model.get(k), now_model.get(k)) for k in {*saved_model, *now_model}}
     pairs |= {f"dataset.{k}": (ckpt["dataset"].get(k), v) for k, v in fingerprint.items()}

@@ -26,6 +26,7 @@ Shape glossary
 """
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 import urllib.request
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from minimaskrcnn.engine import unpickling_refusal
 
 # ---------------------------------------------------------------------------------------------------------------
 # The name table. {s} {b} {i} are integers, {p} a parameter / buffer name (weight, bias, running_mean, ...).
@@ -334,7 +337,9 @@ def read_weights_file(path: str | os.PathLike) -> tuple[str, "OrderedDict[str, T
         raise FileNotFoundError(f"{path}: no such weights file")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file or a pickle of arbitrary objects: say which file and why
+    except pickle.UnpicklingError as error:  # a pickle of objects that could run code, or not a pickle at all
+        raise ValueError(unpickling_refusal(path, error)) from None
+    except Exception as error:  # a damaged file: say which file and why
         raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
         loaded = loaded["model"]  # a minimaskrcnn checkpoint: {"model": state dict, "optimizer": ..., ...}

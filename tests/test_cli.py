@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ from minimaskrcnn import engine
 from minimaskrcnn.__main__ import main, parse_override
 from minimaskrcnn.data import make_shapes
 from minimaskrcnn.engine import CHECKPOINT_NAME, LOSS_PLOT_NAME, load_checkpoint
+from minimaskrcnn.evaluation import METRIC_NAMES
 
 FAST = ["--steps", "2", "--batch-size", "2", "--warmup-steps", "1", "--log-every", "1", "--no-progress",
         "--override", "min_size=64", "--override", "max_size=64", "--device", "cpu"]
@@ -88,7 +90,13 @@ def test_parse_override():
     (["--checkpoint-every", "0"], "--checkpoint-every: .*must be >= 1, got 0"),
     (["--steps", "-5"], "--steps: .*must be >= 1"),
     (["--lr", "-0.1"], "--lr: .*must be > 0"),
-    (["--lr", "nan"], "--lr: .*must be > 0"),
+    (["--lr", "nan"], "--lr: .*must be a finite number, got nan"),
+    (["--lr", "inf"], "--lr: .*must be a finite number, got inf"),
+    (["--weight-decay", "1e999"], "--weight-decay: .*must be a finite number"),
+    (["--seed", "-1"], "--seed: .*must be between 0 and 9223372036854775807, got -1"),
+    (["--seed", str(2**64)], "--seed: .*must be between 0 and"),
+    (["--device", "banana"], "--device: unknown device 'banana'"),
+    (["--device", "cuda:99"], "--device: cuda:99: (no CUDA GPU is available|this machine has)"),
     (["--warmup-steps", "-1"], "--warmup-steps: .*must be >= 0"),
     (["--batch-size", "two"], "--batch-size: .*expected an integer"),
     (["--override", "min_size=abc"], "--override: .*min_size must be int"),
@@ -130,7 +138,8 @@ def test_shapes_are_generated_only_for_data_shapes(tmp_path, monkeypatch, traini
     with pytest.raises(SystemExit, match="train split: no annotation file .*mine/train/annotations.json"):
         main(["train", "--data", "mine", "--out", "run"])
     assert listing(tmp_path / "mine") == ["train", "train/photo.jpg"]  # nothing written into the user's folder
-    main(["train", "--data", "shapes", "--out", "run", "--num-train", "3", "--num-val", "2", "--image-size", "64"])
+    main(["train", "--data", "shapes", "--out", "run", "--num-train", "3", "--num-val", "2", "--image-size", "64",
+          "--batch-size", "3"])
     assert "generated 3 shapes images in data/shapes/train" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "data" / "shapes").iterdir()) == ["train", "val"]  # no temp folders
     assert len(training[0].train_set) == 3 and len(training[0].val_set) == 2
@@ -323,3 +332,104 @@ def test_seed_sets_the_initial_weights(shapes, tmp_path, training):
         main(["train", "--data", str(shapes), "--out", str(tmp_path / f"run{len(training)}"), "--seed", str(seed)])
     first = [t.model.backbone.body.conv1.weight for t in training]
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+
+
+# ------------------------------------------------------------------------------------ found by trying the user's path
+class Payload:
+    """Unpickling this writes `marker`: what a malicious checkpoint could do (os.system, ...)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.write_text, (self.marker, "code ran")
+
+
+def test_every_command_refuses_a_checkpoint_that_would_run_code(run, shapes, tmp_path, training):
+    evil, marker = tmp_path / "evil", tmp_path / "marker"
+    shutil.copytree(run, evil)
+    ckpt = load_checkpoint(evil / CHECKPOINT_NAME)
+    ckpt["model_info"]["note"] = Payload(marker)
+    torch.save(ckpt, evil / CHECKPOINT_NAME)
+    path = str(evil / CHECKPOINT_NAME)
+    for argv in (["evaluate", "--checkpoint", path, "--data", str(shapes)],
+                 ["predict", "--checkpoint", path, "--out", str(tmp_path / "pred"), str(shapes / "val" / "images")],
+                 ["train", "--data", str(shapes), "--out", str(evil), "--resume", *FAST],
+                 ["train", "--data", str(shapes), "--out", str(tmp_path / "new"), "--weights", path, *FAST]):
+        with pytest.raises(SystemExit, match=f"python -m minimaskrcnn {argv[0]}: error: .*{evil}.*pathlib"):
+            main(argv)
+        assert not marker.exists()
+    assert training == [] and not (tmp_path / "pred").exists() and not (tmp_path / "new").exists()
+
+
+def test_a_resume_that_differs_is_refused_before_training(run, shapes, tmp_path, training):
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    with pytest.raises(SystemExit, match=r"train: error: --resume: cannot resume .*\n  model.config.min_size: 64 -> 96"):
+        main(["train", "--data", str(shapes), "--out", str(out), "--resume", *FAST, "--override", "min_size=96"])
+    renamed = tmp_path / "renamed"  # the same images and number of classes, but other classes
+    shutil.copytree(shapes, renamed)
+    for split in ("train", "val"):
+        data = json.loads((renamed / split / "annotations.json").read_text())
+        data["categories"][0]["name"] = "box"
+        (renamed / split / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"model.class_names: \['background', 'square', .* -> \['background', 'box'"):
+        main(["train", "--data", str(renamed), "--out", str(out), "--resume", *FAST])
+    assert training == []
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_training(shapes, tmp_path, training):
+    with pytest.raises(SystemExit, match="--batch-size 5 is more than the 4 training images .* lower it"):
+        main(["train", "--data", str(shapes), "--out", str(tmp_path / "run"), *FAST, "--batch-size", "5"])
+    assert training == []
+
+
+def test_evaluate_out_never_replaces_an_input_or_an_existing_file(run, shapes, tmp_path, monkeypatch):
+    images, annotations = copy_split(shapes, tmp_path)
+    before = annotations.read_text()
+    ckpt = run / CHECKPOINT_NAME
+    evaluate = ["evaluate", "--checkpoint", str(ckpt), "--images", str(images), "--annotations", str(annotations)]
+    for out, message in [(annotations, "is one of the inputs"), (ckpt, "is one of the inputs"),
+                         (tmp_path, "is a folder")]:
+        with pytest.raises(SystemExit, match=f"evaluate: error: --out {out} {message}"):
+            main([*evaluate, "--out", str(out), "--overwrite"])
+    mine = tmp_path / "mine.json"
+    mine.write_text("the user's")
+    with pytest.raises(SystemExit, match=f"--out {mine} exists already; pass --overwrite"):
+        main([*evaluate, "--out", str(mine)])
+    assert annotations.read_text() == before and mine.read_text() == "the user's"
+    calls, metrics = [], {"bbox": {**dict.fromkeys(METRIC_NAMES, 0.5), "per_class": {}}}
+    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: calls.append(kwargs) or metrics)
+    main([*evaluate, "--out", str(mine), "--overwrite", "--device", "cpu"])
+    assert json.loads(mine.read_text()) == metrics
+    assert calls[0]["category_ids"] == load_checkpoint(ckpt)["model_info"]["category_ids"]  # the checkpoint's labels
+
+
+def test_unreadable_checkpoints_and_predict_inputs_are_command_errors(run, shapes, tmp_path):
+    images = str(shapes / "val" / "images")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for checkpoint, message in [(empty, "the file is empty"), (tmp_path / "nope.pt", "no checkpoint at")]:
+        with pytest.raises(SystemExit, match=f"evaluate: error: --checkpoint: .*{message}"):
+            main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(shapes)])
+        with pytest.raises(SystemExit, match=f"predict: error: --checkpoint: .*{message}"):
+            main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "pred"), images])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's")
+    with pytest.raises(SystemExit, match=f"predict: error: --out {a_file} is a file, not a folder"):
+        main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(a_file), images])
+    with pytest.raises(SystemExit, match="predict: error: --annotations .*nope.json: not a COCO file"):
+        main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(tmp_path / "pred"), images,
+              "--annotations", str(tmp_path / "nope.json")])
+    assert a_file.read_text() == "the user's" and not (tmp_path / "pred").exists()
+
+
+def test_predict_names_an_unreadable_image_and_still_predicts_the_others(run, shapes, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(shapes / "val" / "images", photos)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.raises(SystemExit, match=r"predict: error: 1 image\(s\) could not be read and were skipped:\n  "
+                                         f".*{photos / 'broken.jpg'}: cannot read the image"):
+        main(["predict", "--checkpoint", str(run / CHECKPOINT_NAME), "--out", str(tmp_path / "pred"), "--device",
+              "cpu", str(photos)])
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["000000.png", "000001.png", "results.json"]

@@ -319,9 +319,9 @@ def test_old_format_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="format_version: None"):
         engine.model_from_checkpoint(plain)
     text = tmp_path / "notes.pt"
-    for content in ("not a checkpoint", ""):
+    for content, why in (("not a checkpoint", r" \(Unsupported operand 110\)"), ("", ": the file is empty")):
         text.write_text(content)
-        with pytest.raises(ValueError, match="notes.pt"):
+        with pytest.raises(ValueError, match=f"^{text} is not a readable checkpoint{why}$"):
             engine.load_checkpoint(text)
 
 

@@ -136,6 +136,24 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path):
         load_checked(path)
 
 
+class Writer:
+    """Unpickling this writes `marker`: what a malicious weights file could do (os.system, ...)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.write_text, (self.marker, "code ran")
+
+
+def test_a_weights_file_that_would_run_code_is_refused_without_advice_to_unpickle_it(tmp_path):
+    path, marker = tmp_path / "weights.pt", tmp_path / "marker"
+    torch.save({"backbone.body.conv1.weight": torch.zeros(1), "note": Writer(marker)}, path)
+    with pytest.raises(ValueError, match=f"^{path} holds objects other than tensors .*pathlib.*could run code") as err:
+        weights.read_weights_file(path)
+    assert "weights_only` set to `False" not in str(err.value) and not marker.exists()
+
+
 def test_download_checks_caches_and_leaves_nothing_behind_on_a_bad_hash(tmp_path):
     source = saved_with_hash({"w": torch.ones(3)}, tmp_path)
     cache = tmp_path / "cache"
@@ -338,7 +356,7 @@ def test_read_weights_file_kinds(tmp_path, imagenet_like):
     with pytest.raises(ValueError, match="other.pth: neither a Mask R-CNN state dict"):
         read_weights_file(tmp_path / "other.pth")
     torch.save({"model": {"w": Payload()}}, tmp_path / "payload.pth")
-    with pytest.raises(ValueError, match="payload.pth: not a readable weights file"):
+    with pytest.raises(ValueError, match="payload.pth holds objects other than tensors .*could run code"):
         read_weights_file(tmp_path / "payload.pth")
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         read_weights_file(tmp_path / "absent.pth")
