@@ -8,12 +8,23 @@ from matplotlib.patches import Rectangle
 from minimaskrcnn.roi_ops import roi_align_sample_points, roi_pool_bins
 
 
+def _feature_grid(ax, feature_size) -> None:
+    """Axes over a feature map of feature_size (H, W): one grid cell per feature pixel, y pointing down."""
+    h, w = feature_size
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks(range(w + 1))
+    ax.set_yticks(range(h + 1))
+    ax.grid(True, color="0.8")
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=6)
+
+
 def draw_roi_sampling(box, feature_size, output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=False, fig=None):
     """Two panels over the same feature grid (pixel k covers [k, k+1) in RoIPool's view, centre k in RoIAlign's):
     left RoIPool's bins (rounded to whole pixels), right RoIAlign's exact box, bins and sample points.
     box: Tensor[4] (x1, y1, x2, y2) in image coordinates; feature_size: (H, W). Returns the figure."""
     fig = fig or plt.figure(figsize=(9, 4.5))
-    h, w = feature_size
     ax_pool, ax_align = fig.subplots(1, 2)
     rows, cols = roi_pool_bins(box, output_size, spatial_scale, feature_size)
     for (r0, r1) in rows.tolist():
@@ -30,13 +41,20 @@ def draw_roi_sampling(box, feature_size, output_size=2, spatial_scale=1.0, sampl
     ax_pool.set_title(f"RoIPool: {len(rows)}x{len(cols)} quantised bins")
     ax_align.set_title(f"RoIAlign: samples (aligned={aligned}, sampling={sampling_ratio})")
     for ax in (ax_pool, ax_align):
-        ax.set_xlim(0, w)
-        ax.set_ylim(h, 0)
-        ax.set_xticks(range(w + 1))
-        ax.set_yticks(range(h + 1))
-        ax.grid(True, color="0.8")
-        ax.set_aspect("equal")
-        ax.tick_params(labelsize=6)
+        _feature_grid(ax, feature_size)
+    return fig
+
+
+def draw_empty_box(feature_size, message: str, fig=None):
+    """The two panels of draw_roi_sampling with no box in them, each crossed out and captioned with `message`
+    (why there is nothing to pool). Returns the figure."""
+    fig = fig or plt.figure(figsize=(9, 4.5))
+    h, w = feature_size
+    for ax, name in zip(fig.subplots(1, 2), ("RoIPool", "RoIAlign")):
+        _feature_grid(ax, feature_size)
+        ax.plot([0, w], [0, h], [0, w], [h, 0], color="tab:red", lw=1, alpha=0.4)
+        ax.set_title(f"{name}: nothing to pool", color="tab:red")
+    fig.suptitle(message, color="tab:red")
     return fig
 
 
