@@ -338,13 +338,20 @@ def describe_model(model) -> dict:
 
 
 def dataset_fingerprint(dataset) -> dict:
-    """{"num_images", "image_ids_sha256"}: the digest of the ordered `.image_ids` (None when the dataset has none).
+    """{"num_images", "image_ids_sha256", "annotations_sha256"}: digests of the ordered `.image_ids` and, for a
+    dataset with a pycocotools `.coco` (CocoDataset), of every annotation's id, image id, category id, crowd flag,
+    box and area (an edited mask changes its box or area) -- None when the dataset has no such attribute.
 
     Built in notebooks/11_train_on_gpu.ipynb.
     """
-    ids = getattr(dataset, "image_ids", None)
+    ids, coco = getattr(dataset, "image_ids", None), getattr(dataset, "coco", None)
     digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest() if ids is not None else None
-    return {"num_images": len(dataset), "image_ids_sha256": digest}
+    annotations = None
+    if coco is not None:
+        rows = sorted([a["id"], a["image_id"], a["category_id"], a["iscrowd"], a["area"], *a["bbox"]]
+                      for a in coco.dataset["annotations"])
+        annotations = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return {"num_images": len(dataset), "image_ids_sha256": digest, "annotations_sha256": annotations}
 
 
 def model_from_checkpoint(path, map_location="cpu"):
@@ -390,7 +397,8 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, model_info: dict, fingerprint:
              for k in ("num_classes", "class_names", "category_ids") if k == "num_classes" or k in model_info}
     saved_model, now_model = saved_info.get("config") or {}, model_info["config"] or {}
     pairs |= {f"model.config.{k}": (saved_model.get(k), now_model.get(k)) for k in {*saved_model, *now_model}}
-    pairs |= {f"dataset.{k}": (ckpt["dataset"].get(k), v) for k, v in fingerprint.items()}
+    pairs |= {f"dataset.{k}": (ckpt["dataset"][k], v) for k, v in fingerprint.items()
+              if k in ckpt["dataset"]}  # annotations_sha256: not in checkpoints written before it was added
     pairs |= {f"train_config.{k}": (saved_cfg.get(k), v) for k, v in now_cfg.items()
               if k not in FREE_FIELDS + SCHEDULE_FIELDS}
     differ = [f"  {name}: {saved!r} -> {now!r}" for name, (saved, now) in sorted(pairs.items()) if saved != now]

@@ -375,6 +375,13 @@ def test_a_resume_that_differs_is_refused_before_training(run, shapes, tmp_path,
         (renamed / split / "annotations.json").write_text(json.dumps(data))
     with pytest.raises(SystemExit, match=r"model.class_names: \['background', 'square', .* -> \['background', 'box'"):
         main(["train", "--data", str(renamed), "--out", str(out), "--resume", *FAST])
+    relabelled = tmp_path / "relabelled"  # the same images and classes, one annotation's class changed
+    shutil.copytree(shapes, relabelled)
+    data = json.loads((relabelled / "train" / "annotations.json").read_text())
+    data["annotations"][0]["category_id"] = data["annotations"][0]["category_id"] % 4 + 1
+    (relabelled / "train" / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"--resume: cannot resume .*\n  dataset.annotations_sha256: '"):
+        main(["train", "--data", str(relabelled), "--out", str(out), "--resume", *FAST])
     assert training == []
 
 

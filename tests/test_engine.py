@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import random
@@ -176,7 +177,8 @@ def test_checkpoint_round_trip(toy, tmp_path):
     assert same_weights(model, fresh)
     assert ckpt["optimizer"]["state"]  # momentum buffers saved
     assert ckpt["train_config"]["milestones"] == [0.7, 0.9]  # tuples stored as lists
-    assert ckpt["dataset"] == {"num_images": 12, "image_ids_sha256": None}  # the toy set has no .image_ids
+    assert ckpt["dataset"]["num_images"] == 12 and ckpt["dataset"]["image_ids_sha256"] is None  # no .image_ids
+    assert len(ckpt["dataset"]["annotations_sha256"]) == 64  # the toy set has a .coco
     assert ckpt["model_info"] == {"class_names": ["background", "blob"], "category_ids": [0, 1], "config": None,
                                   "num_classes": None}  # the toy has no .cfg / .num_classes
     assert not list((tmp_path / "run").glob(".*tmp*"))  # the temporary file was renamed away
@@ -376,6 +378,26 @@ def test_model_from_checkpoint_rebuilds_the_full_config(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ resume checks
+def test_the_dataset_fingerprint_sees_edited_annotations(tmp_path):
+    from minimaskrcnn.data import CocoDataset, make_shapes
+
+    annotations = make_shapes(tmp_path / "shapes", 2, image_size=64)
+    before = engine.dataset_fingerprint(CocoDataset(annotations.parent / "images", annotations))
+    data = json.loads(annotations.read_text())
+    data["annotations"][0]["category_id"] = data["annotations"][0]["category_id"] % 4 + 1  # the same images
+    annotations.write_text(json.dumps(data))
+    after = engine.dataset_fingerprint(CocoDataset(annotations.parent / "images", annotations))
+    assert before["image_ids_sha256"] == after["image_ids_sha256"]
+    assert len(after["annotations_sha256"]) == 64 and before["annotations_sha256"] != after["annotations_sha256"]
+    cfg = TrainConfig(steps=2)
+    info = {"config": None, "num_classes": None}
+    ckpt = {"step": 1, "train_config": engine._lists(dataclasses.asdict(cfg)), "model_info": info, "dataset": before}
+    with pytest.raises(ValueError, match="dataset.annotations_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        engine.check_resumable(ckpt, cfg, info, after)
+    del ckpt["dataset"]["annotations_sha256"]  # a checkpoint written before annotations were fingerprinted
+    engine.check_resumable(ckpt, cfg, info, after)
+
+
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
     width: int = 4
