@@ -58,17 +58,20 @@ def draw_empty_box(feature_size, message: str, fig=None):
     return fig
 
 
-def plot_ablation(ax, results: dict, metrics=("AP", "AP50", "AP75")):
-    """Grouped bars of an ablation: results {variant name: {metric: value}} -> one group per metric, one bar per
-    variant, each labelled with its value. Returns ax."""
+def plot_ablation(ax, results: dict, metrics=("AP", "AP50", "AP75"), scale: float = 1.0):
+    """Grouped bars of an ablation: results {variant name: {metric: value or (mean, spread)}} -> one group per
+    metric, one bar per variant, labelled with its value; a (mean, spread) pair draws the spread as an error bar.
+    scale: the top of the y axis (1 for AP in 0..1, 100 for AP points). Returns ax."""
     width = 0.8 / max(len(results), 1)
     for k, (name, values) in enumerate(results.items()):
         xs = [m + (k - (len(results) - 1) / 2) * width for m in range(len(metrics))]
-        bars = ax.bar(xs, [values[m] for m in metrics], width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        pairs = [values[m] if isinstance(values[m], (tuple, list)) else (values[m], None) for m in metrics]
+        errors = [e for _, e in pairs] if all(e is not None for _, e in pairs) else None
+        bars = ax.bar(xs, [v for v, _ in pairs], width, yerr=errors, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.3f" if scale <= 1 else "%.1f", fontsize=7, label_type="center")
     ax.set_xticks(range(len(metrics)), [f"mask {m}" for m in metrics])
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(0, 1.05 * scale)
+    ax.legend(loc="upper left", fontsize=8)
     return ax
 
 
