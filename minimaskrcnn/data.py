@@ -397,6 +397,10 @@ def _json_problems(data, path: Path, image_dir: Path) -> tuple[list[str], dict, 
                               lambda img: _image_problems(img, image_dir))
     _checked_entries(data["categories"], "category", ("id", "name"), path, problems,
                      lambda cat: [] if _is_int(cat["id"]) else ["field 'id' must be an integer"])
+    names = Counter(c["name"] for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("name"), str))
+    problems += [f"{path}: category name {name!r}: {n} categories share this name (class names label the "
+                 "predictions and key the per-class results): rename or merge them"
+                 for name, n in names.items() if n > 1]
     image_ids, category_ids = ({e["id"] for e in data[field] if isinstance(e, dict) and _is_key(e.get("id"))}
                                for field in ("images", "categories"))
     annotations = _checked_entries(data["annotations"], "annotation", ("id", "image_id", "category_id"), path,
@@ -523,17 +527,18 @@ def check_dataset(image_dir, annotation_file, progress: bool = False) -> list[st
 
 
 def _complete_annotations(data: dict, images: dict) -> int:
-    """Fill in, in place, what exporters leave out: 'iscrowd' 0, 'bbox' and 'area' from the mask; clip each box
-    to its image. Returns the number of boxes clipped."""
+    """Fill in, in place, what exporters leave out: 'iscrowd' 0, 'bbox' and 'area' from the mask (an 'area' of 0
+    too: COCO evaluation sorts objects into small / medium / large by it); clip each box to its image. Returns the
+    number of boxes clipped."""
     clipped = 0
     for ann in data["annotations"]:
         height, width = images[ann["image_id"]]["height"], images[ann["image_id"]]["width"]
         ann.setdefault("iscrowd", 0)
-        if ann.get("bbox") is None or ann.get("area") is None:
+        if ann.get("bbox") is None or not ann.get("area"):
             rle = _to_rle(ann["segmentation"], height, width)
             if ann.get("bbox") is None:
                 ann["bbox"] = mask_util.toBbox(rle).tolist()
-            if ann.get("area") is None:
+            if not ann.get("area"):
                 ann["area"] = float(mask_util.area(rle))
         x, y, w, h = ann["bbox"]
         x1, y1, x2, y2 = min(max(x, 0), width), min(max(y, 0), height), min(x + w, width), min(y + h, height)
@@ -573,15 +578,16 @@ class CocoDataset(torch.utils.data.Dataset):
     RGBA files become RGB (alpha dropped: each pixel keeps its stored colour).
 
     COCO as exported -- handled (the derived values are written into `.coco.dataset`, so evaluation sees them):
-        missing `iscrowd` -> 0; missing `bbox` or `area` -> computed from the mask (pycocotools' toBbox / area);
-        a box partly past its image -> clipped to the image (one warning gives the count);
+        missing `iscrowd` -> 0; missing `bbox`, missing or 0 `area` -> computed from the mask (pycocotools'
+        toBbox / area); a box partly past its image -> clipped to the image (one warning gives the count);
         crowd annotations (`iscrowd` = 1) are left out of the targets (as torchvision's detection references do),
         COCO evaluation still sees them through `.coco`; images without instances are kept (N = 0);
         degenerate annotations (zero-size box, empty segmentation) are skipped, with one warning giving their
         count; an annotation whose mask rasterises to nothing at this size is skipped when the item is loaded.
     Refused, every problem at once in one ValueError naming the file, image id, annotation id, field and value
     (the first MAX_REPORTED_PROBLEMS; `check_dataset` returns them all): ids that are not integers (e.g. image
-    id "img_001": renumber) or shared by two entries (images, annotations, categories); annotations without a
+    id "img_001": renumber) or shared by two entries (images, annotations, categories); two categories with one
+    name; annotations without a
     mask (`segmentation` missing or [], box-only exports: Mask R-CNN needs masks); boxes entirely outside their
     image, negative box width/height, NaN/inf in a box, polygon or area; image 'height'/'width' that is not a
     positive integer; a `file_name` that is missing or leads outside image_dir (absolute or '..'); unknown image

@@ -551,6 +551,18 @@ def test_missing_bbox_area_iscrowd_derived_and_seen_by_coco_evaluation(tmp_path)
     assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["segm"]["AP"] == pytest.approx(1.0)
 
 
+def test_zero_area_derived_and_two_categories_with_one_name_refused(tmp_path):
+    images_dir, path, data = _coco_file(tmp_path)
+    data["annotations"][0]["area"] = 0  # what some exporters write: COCO evaluation would call a 100-px object small
+    path.write_text(json.dumps(data))
+    assert CocoDataset(images_dir, path).coco.anns[1]["area"] == 100
+    data["categories"].append({"id": 99, "name": data["categories"][0]["name"]})
+    path.write_text(json.dumps(data))
+    name = data["categories"][0]["name"]
+    with pytest.raises(ValueError, match=f"instances\\.json: category name '{name}': 2 categories share this name"):
+        CocoDataset(images_dir, path)
+
+
 def test_boxes_past_the_image_clipped_with_a_warning(tmp_path):
     images_dir, path, data = _coco_file(tmp_path)
     data["annotations"][0]["bbox"] = [15, -3, 20, 15]  # past the top and the right of the 20 x 30 image
