@@ -85,8 +85,8 @@ STUDIES = {
 
 
 class MaskBranch(nn.Module):
-    """A small conv stem (log2(stride) stride-2 3x3 convs, then one 3x3 conv, all C wide with GroupNorm and ReLU), RoI pooling
-    (RoIPool or RoIAlign) and the model's mask head.
+    """A small conv stem (log2(stride) stride-2 3x3 convs, then one 3x3 conv, all C wide with GroupNorm and ReLU),
+    RoI pooling (RoIPool or RoIAlign) and the model's mask head.
 
     forward(images: Tensor[B, 3, H, W], rois: Tensor[R, 5] (batch index, x1, y1, x2, y2) in image pixels)
     -> Tensor[R, K+1, M, M] mask logits.
@@ -209,10 +209,11 @@ PAPER = {
 }
 
 
-def run_study(variants, setup: Setup, seeds, root, log=print) -> list[dict]:
+def run_study(variants, setup: Setup, seeds, root, log=print, crops: int = 0) -> list[dict]:
     """Train and score every variant with every seed on one data set written under `root`.
 
-    -> one dict per run: {"variant", "seed", "AP", "AP50", "AP75", "seconds"} (seconds: training + scoring).
+    -> one dict per run: {"variant", "seed", "AP", "AP50", "AP75", "seconds"} (seconds: training + scoring), and
+    with crops > 0 "crops": the predicted M x M masks of the first `crops` validation objects (2 decimals).
     """
     data = make_data(setup, root)
     runs = []
@@ -220,20 +221,22 @@ def run_study(variants, setup: Setup, seeds, root, log=print) -> list[dict]:
         for variant in variants:
             start = time.perf_counter()
             net, _ = train_variant(variant, data, setup, seed)
-            metrics, _ = evaluate_variant(net, data)
+            metrics, masks = evaluate_variant(net, data)
             runs.append({"variant": variant.name, "seed": seed, **{m: metrics[m] for m in METRICS},
                          "seconds": round(time.perf_counter() - start, 1)})
+            if crops:
+                runs[-1]["crops"] = masks[:crops].mul(100).round().div(100).tolist()
             log(f"{variant.name:>14s}  seed {seed}  " + "  ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
                 + f"  ({runs[-1]['seconds']:.0f} s)")
     return runs
 
 
-def _run_one_seed(job) -> list[dict]:
-    """One seed of a study in its own process (main --jobs): job = (variants, setup, seed, torch threads)."""
-    variants, setup, seed, threads = job
+def _run_one(job) -> list[dict]:
+    """One variant and seed in its own process (main --jobs): job = (variant, setup, seed, torch threads, crops)."""
+    variant, setup, seed, threads, crops = job
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="minimaskrcnn_ablation_") as root:
-        return run_study(variants, setup, [seed], root, log=lambda line: print(line, flush=True))
+        return run_study([variant], setup, [seed], root, log=lambda line: print(line, flush=True), crops=crops)
 
 
 def summarize(runs: list[dict], baseline: str) -> dict:
@@ -261,7 +264,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--steps", type=int, default=Setup.steps, help=f"Adam steps (default {Setup.steps})")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (default: torch's)")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs (variant, seed) in parallel processes (default 1)")
+    parser.add_argument("--crops", type=int, default=0, help="keep the masks of this many validation objects")
     parser.add_argument("--out", type=Path, required=True, help="results JSON to write (refused if it exists)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
@@ -272,16 +276,17 @@ def main(argv=None) -> dict:
     setup = replace(Setup(), steps=args.steps)
     variants = STUDIES[args.study]
     start = time.perf_counter()
-    jobs = [(variants, setup, seed, args.threads or torch.get_num_threads()) for seed in args.seeds]
+    threads = args.threads or torch.get_num_threads()
+    jobs = [(variant, setup, seed, threads, args.crops) for seed in args.seeds for variant in variants]
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            runs = [run for seed_runs in pool.map(_run_one_seed, jobs) for run in seed_runs]
+            runs = [run for job_runs in pool.map(_run_one, jobs) for run in job_runs]
     else:
-        runs = [run for job in jobs for run in _run_one_seed(job)]
+        runs = [run for job in jobs for run in _run_one(job)]
     results = {
         "command": "python -m minimaskrcnn.ablation " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jobs[0][3]} torch thread(s) x {args.jobs} "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads} torch thread(s) x {args.jobs} "
                    f"process(es), torch {torch.__version__}",
         "wall_seconds": round(time.perf_counter() - start),
         "study": args.study, "variants": [asdict(v) for v in variants], "setup": asdict(setup), "runs": runs,

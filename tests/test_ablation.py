@@ -49,8 +49,9 @@ def test_main_refuses_to_overwrite(tmp_path):
 
 def test_a_tiny_study_runs_end_to_end(tmp_path):
     setup = Setup(train_images=3, val_images=2, steps=2, batch=2)
-    runs = run_study(STUDIES["roi_op"], setup, [0], tmp_path, log=lambda line: None)
+    runs = run_study(STUDIES["roi_op"], setup, [0], tmp_path, log=lambda line: None, crops=2)
     assert [r["variant"] for r in runs] == ["RoIPool", "RoIAlign"]
     for run in runs:
         assert 0.0 <= run["AP"] <= run["AP50"] <= 1.0 and run["seed"] == 0
+        assert torch.tensor(run["crops"]).shape == (2, 28, 28)  # the first validation objects' masks
     json.dumps(runs)  # what main writes
