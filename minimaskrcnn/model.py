@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
-from minimaskrcnn.backbone import build_backbone
+from minimaskrcnn.backbone import LEVEL_NAMES, NORMS, STAGES_PER_DEPTH, build_backbone
 from minimaskrcnn.boxes import clip_boxes, decode_boxes
 from minimaskrcnn.masks import paste_masks_in_image
 from minimaskrcnn.roi_heads import (
@@ -40,9 +40,89 @@ from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, fla
 from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_geometry, resize_to
 
 
+def _int(lo: float = 1, hi: float = math.inf):
+    """Check: an int (not a bool) in [lo, hi]."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _number(lo: float = 0.0, hi: float = math.inf, above: bool = False):
+    """Check: a finite int or float (not a bool) in [lo, hi], or in (lo, hi] with above=True."""
+    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      and (lo < v if above else lo <= v) and v <= hi)
+
+
+def _tuple(item, length: int | None = None):
+    """Check: a non-empty tuple (or list) whose entries all pass `item`; exactly `length` of them when given."""
+    return lambda v: isinstance(v, (tuple, list)) and len(v) == (length or len(v)) > 0 and all(map(item, v))
+
+
+_COUNT = (_int(1), "an int >= 1")
+_THRESHOLD = (_number(0, 1), "a number in [0, 1]")
+_FRACTION = (_number(0, 1, above=True), "a number in (0, 1]")
+_FLAG = (lambda v: isinstance(v, bool), "True or False")
+_PER_LEVEL = (_tuple(_tuple(_number(0, above=True)), len(LEVEL_NAMES)),
+              f"{len(LEVEL_NAMES)} non-empty tuples of numbers > 0, one per FPN level {LEVEL_NAMES}")
+_CONFIG_RULES = {  # MaskRCNNConfig field -> (check of its value, what is allowed)
+    "backbone_depth": (lambda v: _int(0)(v) and v in STAGES_PER_DEPTH, f"one of {sorted(STAGES_PER_DEPTH)}"),
+    "backbone_norm": (lambda v: v in NORMS, f"one of {NORMS}"),
+    "trainable_layers": (_int(0, 5), "an int in 0..5"),
+    "base_width": _COUNT,
+    "fpn_channels": _COUNT,
+    "image_mean": (_tuple(_number(-math.inf), 3), "3 numbers, one per RGB channel"),
+    "image_std": (_tuple(_number(0, above=True), 3), "3 numbers > 0, one per RGB channel"),
+    "min_size": _COUNT,
+    "max_size": _COUNT,
+    "size_divisible": _COUNT,
+    "channels_last": _FLAG,
+    "anchor_sizes": _PER_LEVEL,
+    "aspect_ratios": _PER_LEVEL,
+    "rpn_fg_iou_thresh": _THRESHOLD,
+    "rpn_bg_iou_thresh": _THRESHOLD,
+    "rpn_batch_size_per_image": _COUNT,
+    "rpn_positive_fraction": _FRACTION,
+    "rpn_pre_nms_top_n_train": _COUNT,
+    "rpn_pre_nms_top_n_test": _COUNT,
+    "rpn_post_nms_top_n_train": _COUNT,
+    "rpn_post_nms_top_n_test": _COUNT,
+    "rpn_nms_thresh": _THRESHOLD,
+    "rpn_min_size": (_number(0), "a number >= 0"),
+    "rpn_score_thresh": _THRESHOLD,
+    "roi_op": (lambda v: v in ("align", "pool"), "'align' or 'pool'"),
+    "box_roi_size": _COUNT,
+    "mask_roi_size": _COUNT,
+    "sampling_ratio": (_int(-math.inf), "an int (<= 0: adaptive)"),
+    "roi_aligned": _FLAG,
+    "box_fg_iou_thresh": _THRESHOLD,
+    "box_bg_iou_thresh": _THRESHOLD,
+    "box_batch_size_per_image": _COUNT,
+    "box_positive_fraction": _FRACTION,
+    "box_coder_weights": (_tuple(_number(0, above=True), 4), "4 numbers > 0 (wx, wy, ww, wh)"),
+    "representation_size": _COUNT,
+    "box_score_thresh": _THRESHOLD,
+    "box_nms_thresh": _THRESHOLD,
+    "detections_per_img": _COUNT,
+    "mask_head_layers": (_tuple(_int(1)), "a non-empty tuple of ints >= 1"),
+    "mask_dim_reduced": _COUNT,
+}
+_CONFIG_RELATIONS = (  # (field, check of the whole config, what is allowed: formatted with the config's fields)
+    ("rpn_bg_iou_thresh", lambda c: c.rpn_bg_iou_thresh <= c.rpn_fg_iou_thresh, "at most rpn_fg_iou_thresh, "
+     "{rpn_fg_iou_thresh}"),
+    ("box_bg_iou_thresh", lambda c: c.box_bg_iou_thresh <= c.box_fg_iou_thresh, "at most box_fg_iou_thresh, "
+     "{box_fg_iou_thresh}"),
+    ("min_size", lambda c: c.min_size <= c.max_size, "at most max_size, {max_size}"),
+    ("aspect_ratios", lambda c: len({len(s) * len(r) for s, r in zip(c.anchor_sizes, c.aspect_ratios)}) == 1,
+     "as many anchors (sizes x ratios) on every level, as one RPN head serves them all; anchor_sizes {anchor_sizes}"),
+)
+
+
 @dataclass(frozen=True)
 class MaskRCNNConfig:
-    """Every knob of the model. Defaults are the torchvision-compatible R50-FPN reference configuration."""
+    """Every knob of the model. Defaults are the torchvision-compatible R50-FPN reference configuration.
+
+    Impossible values are refused when the config is made (also by `dataclasses.replace`, so by build_model's
+    overrides): one ValueError lists every field whose value is wrong alone, with the value and what is allowed;
+    only when there are none are the fields checked against each other (thresholds, sizes, anchors per level).
+    """
 
     # --- backbone + FPN
     backbone_depth: int = 50  # ResNet depth: 18, 34, 50 or 101
@@ -92,6 +172,16 @@ class MaskRCNNConfig:
     # --- mask head
     mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)  # channels of each 3x3 conv of the mask head
     mask_dim_reduced: int = 256  # channels of the 2x transposed conv before the per-class 1x1 logits
+
+    def __post_init__(self):
+        values = vars(self)
+        problems = [f"{name}={values[name]!r} (allowed: {allowed})"
+                    for name, (check, allowed) in _CONFIG_RULES.items() if not check(values[name])]
+        if not problems:
+            problems = [f"{name}={values[name]!r} (allowed: {allowed.format(**values)})"
+                        for name, check, allowed in _CONFIG_RELATIONS if not check(self)]
+        if problems:
+            raise ValueError(f"MaskRCNNConfig: impossible value{'s' * (len(problems) > 1)}: {'; '.join(problems)}")
 
 
 PRESETS: dict[str, MaskRCNNConfig] = {
@@ -276,8 +366,6 @@ class MaskRCNN(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background too (torchvision's convention), so it must be "
                              f">= 2, got {num_classes}")
-        if cfg.roi_op not in ("align", "pool"):
-            raise ValueError(f"roi_op must be 'align' or 'pool', got {cfg.roi_op!r}")
         self.cfg, self.num_classes = cfg, num_classes
         self.backbone = build_backbone(
             cfg.backbone_depth, cfg.backbone_norm, cfg.trainable_layers, cfg.fpn_channels, base_width=cfg.base_width

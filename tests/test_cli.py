@@ -117,8 +117,12 @@ def test_out_of_range_arguments_are_refused_before_any_work(bad, message, tmp_pa
 
 def test_config_values_and_misfitting_weights_are_refused_before_any_work(tmp_path, monkeypatch, training):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="--override: norm must be one of"):
+    with pytest.raises(SystemExit, match=r"--override: MaskRCNNConfig: .*backbone_norm='xyz' \(allowed: one of"):
         main(["train", "--data", "shapes", "--override", "backbone_norm=xyz"])
+    with pytest.raises(SystemExit, match=r"--override: MaskRCNNConfig: .*min_size=0 \(allowed: an int >= 1\)"):
+        main(["train", "--data", "shapes", "--override", "min_size=0"])
+    with pytest.raises(SystemExit, match=r"--override: .*rpn_fg_iou_thresh=2.0 \(allowed: a number in \[0, 1\]\)"):
+        main(["train", "--data", "shapes", "--override", "rpn_fg_iou_thresh=2.0"])
     with pytest.raises(SystemExit, match="fit --preset r50_fpn .* not --preset tiny"):
         main(["train", "--data", "shapes", "--weights", "coco"])
     with pytest.raises(SystemExit, match="fit --preset r50_fpn .* not --preset r50_fpn with overrides"):
@@ -365,8 +369,8 @@ def test_every_command_refuses_a_checkpoint_that_would_run_code(run, shapes, tmp
 def test_a_resume_that_differs_is_refused_before_training(run, shapes, tmp_path, training):
     out = tmp_path / "run"
     shutil.copytree(run, out)
-    with pytest.raises(SystemExit, match=r"train: error: --resume: cannot resume .*\n  model.config.min_size: 64 -> 96"):
-        main(["train", "--data", str(shapes), "--out", str(out), "--resume", *FAST, "--override", "min_size=96"])
+    with pytest.raises(SystemExit, match=r"train: error: --resume: cannot resume .*\n  model.config.min_size: 64 -> 48"):
+        main(["train", "--data", str(shapes), "--out", str(out), "--resume", *FAST, "--override", "min_size=48"])
     renamed = tmp_path / "renamed"  # the same images and number of classes, but other classes
     shutil.copytree(shapes, renamed)
     for split in ("train", "val"):

@@ -2,13 +2,14 @@
 import json
 import warnings
 from collections import Counter
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from minimaskrcnn.boxes import decode_boxes
-from minimaskrcnn.model import PRESETS, MaskRCNN, MaskRCNNConfig, build_model
+from minimaskrcnn.model import _CONFIG_RULES, PRESETS, MaskRCNN, MaskRCNNConfig, build_model
 from minimaskrcnn.roi_heads import postprocess_detections
 from minimaskrcnn.rpn import RPN_BOX_WEIGHTS
 
@@ -83,6 +84,80 @@ def test_build_model_rejects_unknown_names():
     with pytest.raises(TypeError, match="unknown config field"):
         build_model("tiny", 4, fpn_chanels=32)
     assert PRESETS["tiny"].roi_op == "align" and build_model("tiny", 4, roi_op="pool").cfg.roi_op == "pool"
+
+
+# one case per rule of MaskRCNNConfig: (overrides of the r50_fpn defaults, the problem the message must state)
+IMPOSSIBLE_CONFIGS = [
+    (dict(backbone_depth=42), r"backbone_depth=42 \(allowed: one of \[18, 34, 50, 101\]\)"),
+    (dict(backbone_depth=50.0), r"backbone_depth=50.0 "),
+    (dict(backbone_norm="batch"), r"backbone_norm='batch' \(allowed: one of \('frozen_bn', 'bn', 'gn'\)\)"),
+    (dict(trainable_layers=6), r"trainable_layers=6 \(allowed: an int in 0..5\)"),
+    (dict(trainable_layers=-1), r"trainable_layers=-1 "),
+    (dict(base_width=0), r"base_width=0 \(allowed: an int >= 1\)"),
+    (dict(fpn_channels=True), r"fpn_channels=True \(allowed: an int >= 1\)"),
+    (dict(image_mean=(0.5, 0.5)), r"image_mean=\(0.5, 0.5\) \(allowed: 3 numbers"),
+    (dict(image_std=(0.2, 0.0, 0.2)), r"image_std=\(0.2, 0.0, 0.2\) \(allowed: 3 numbers > 0"),
+    (dict(image_std=(0.2, float("nan"), 0.2)), r"image_std=\(0.2, nan, 0.2\) "),
+    (dict(min_size=0), r"min_size=0 \(allowed: an int >= 1\)"),
+    (dict(min_size=800.0), r"min_size=800.0 \(allowed: an int >= 1\)"),
+    (dict(max_size=-5), r"max_size=-5 \(allowed: an int >= 1\)"),
+    (dict(size_divisible=0), r"size_divisible=0 \(allowed: an int >= 1\)"),
+    (dict(channels_last=1), r"channels_last=1 \(allowed: True or False\)"),
+    (dict(anchor_sizes=((32,), (64,))), r"anchor_sizes=\(\(32,\), \(64,\)\) \(allowed: 5 non-empty tuples"),
+    (dict(anchor_sizes=((32,), (64,), (), (256,), (512,))), r"anchor_sizes=.* \(allowed: 5 non-empty tuples"),
+    (dict(anchor_sizes=((32,), (-64,), (128,), (256,), (512,))), r"anchor_sizes=.* of numbers > 0"),
+    (dict(aspect_ratios=((0.0, 1.0, 2.0),) * 5), r"aspect_ratios=.* of numbers > 0"),
+    (dict(rpn_fg_iou_thresh=2.0), r"rpn_fg_iou_thresh=2.0 \(allowed: a number in \[0, 1\]\)"),
+    (dict(rpn_bg_iou_thresh=-0.1), r"rpn_bg_iou_thresh=-0.1 \(allowed: a number in \[0, 1\]\)"),
+    (dict(rpn_batch_size_per_image=0), r"rpn_batch_size_per_image=0 "),
+    (dict(rpn_positive_fraction=0), r"rpn_positive_fraction=0 \(allowed: a number in \(0, 1\]\)"),
+    (dict(rpn_pre_nms_top_n_train=0), r"rpn_pre_nms_top_n_train=0 "),
+    (dict(rpn_pre_nms_top_n_test=-1), r"rpn_pre_nms_top_n_test=-1 "),
+    (dict(rpn_post_nms_top_n_train=0), r"rpn_post_nms_top_n_train=0 "),
+    (dict(rpn_post_nms_top_n_test=10.5), r"rpn_post_nms_top_n_test=10.5 "),
+    (dict(rpn_nms_thresh=1.5), r"rpn_nms_thresh=1.5 "),
+    (dict(rpn_min_size=-1.0), r"rpn_min_size=-1.0 \(allowed: a number >= 0\)"),
+    (dict(rpn_score_thresh=float("inf")), r"rpn_score_thresh=inf "),
+    (dict(roi_op="bilinear"), r"roi_op='bilinear' \(allowed: 'align' or 'pool'\)"),
+    (dict(box_roi_size=0), r"box_roi_size=0 "),
+    (dict(mask_roi_size=-14), r"mask_roi_size=-14 "),
+    (dict(sampling_ratio=2.0), r"sampling_ratio=2.0 \(allowed: an int \(<= 0: adaptive\)\)"),
+    (dict(roi_aligned="yes"), r"roi_aligned='yes' \(allowed: True or False\)"),
+    (dict(box_fg_iou_thresh=1.01), r"box_fg_iou_thresh=1.01 "),
+    (dict(box_bg_iou_thresh=-1), r"box_bg_iou_thresh=-1 "),
+    (dict(box_batch_size_per_image=0), r"box_batch_size_per_image=0 "),
+    (dict(box_positive_fraction=1.5), r"box_positive_fraction=1.5 \(allowed: a number in \(0, 1\]\)"),
+    (dict(box_coder_weights=(10.0, 10.0, 5.0)), r"box_coder_weights=\(10.0, 10.0, 5.0\) \(allowed: 4 numbers > 0"),
+    (dict(representation_size=0), r"representation_size=0 "),
+    (dict(box_score_thresh=-0.05), r"box_score_thresh=-0.05 "),
+    (dict(box_nms_thresh=2), r"box_nms_thresh=2 "),
+    (dict(detections_per_img=0), r"detections_per_img=0 "),
+    (dict(mask_head_layers=()), r"mask_head_layers=\(\) \(allowed: a non-empty tuple of ints >= 1\)"),
+    (dict(mask_head_layers=(256, 0)), r"mask_head_layers=\(256, 0\) "),
+    (dict(mask_dim_reduced=0), r"mask_dim_reduced=0 "),
+    # between fields, checked once every field alone is allowed
+    (dict(rpn_fg_iou_thresh=0.2), r"rpn_bg_iou_thresh=0.3 \(allowed: at most rpn_fg_iou_thresh, 0.2\)"),
+    (dict(box_bg_iou_thresh=0.6), r"box_bg_iou_thresh=0.6 \(allowed: at most box_fg_iou_thresh, 0.5\)"),
+    (dict(min_size=1400), r"min_size=1400 \(allowed: at most max_size, 1333\)"),
+    (dict(aspect_ratios=((1.0,),) + ((0.5, 1.0, 2.0),) * 4), r"aspect_ratios=.* \(allowed: as many anchors"),
+]
+
+
+@pytest.mark.parametrize("overrides, problem", IMPOSSIBLE_CONFIGS)
+def test_config_refuses_impossible_values(overrides, problem):
+    with pytest.raises(ValueError, match=f"^MaskRCNNConfig: impossible value: {problem}"):
+        MaskRCNNConfig(**overrides)
+    with pytest.raises(ValueError, match=problem):  # build_model's overrides too, before any layer is made
+        build_model("tiny", 4, **{"max_size": 1333, **overrides})
+
+
+def test_config_rules_cover_every_field_and_report_every_problem():
+    assert [f.name for f in fields(MaskRCNNConfig)] == list(_CONFIG_RULES)
+    with pytest.raises(ValueError, match="impossible values: min_size=0 .*; rpn_fg_iou_thresh=2.0 .*; roi_op='x' "):
+        MaskRCNNConfig(min_size=0, rpn_fg_iou_thresh=2.0, roi_op="x")
+    for config in (MaskRCNNConfig(), *PRESETS.values()):  # the limits themselves are allowed
+        replace(config, trainable_layers=0, rpn_bg_iou_thresh=0.0, rpn_positive_fraction=1, box_score_thresh=1.0,
+                rpn_min_size=0, sampling_ratio=-1, mask_head_layers=[8], min_size=config.max_size)
 
 
 # ------------------------------------------------------------------------------------------ call convention
