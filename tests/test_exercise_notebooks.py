@@ -32,9 +32,9 @@ def checked_name(cell) -> str:
     """The exercise a check cell checks; the cell must be the single expression check("name", name)."""
     call = ast.parse(cell.source, mode="eval").body
     assert isinstance(call, ast.Call) and call.func.id == "check", cell.source
-    name = call.args[0].value
-    assert [type(a) for a in call.args] == [ast.Constant, ast.Name] and call.args[1].id == name, cell.source
-    return name
+    assert [type(a) for a in call.args] == [ast.Constant, ast.Name], cell.source
+    assert call.args[1].id == call.args[0].value, cell.source
+    return call.args[0].value
 
 
 def run_section(notebook: str, solved: bool) -> list:
@@ -63,6 +63,10 @@ def test_every_exercise_is_in_its_notebook(notebook):
     checks = [checked_name(cell) for cell in tagged(notebook, "exercise-check")]
     tasks = "\n".join(cell.source for cell in tagged(notebook, "exercise-task"))
     assert len(tagged(notebook, "exercise-import")) == 1
+    code = [cell for cell in read(notebook).cells if cell.cell_type == "code"]
+    first = next(i for i, cell in enumerate(code) if "exercise-import" in cell.metadata.get("tags", []))
+    section = {"exercise-import", "exercise-stub", "exercise-check"}
+    assert all(section & set(cell.metadata.get("tags", [])) for cell in code[first:]), f"{notebook}: code after"
     assert sorted(stubs) == sorted(checks) == sorted(names)
     for name in names:
         assert stubs[name] == stub(name).rstrip("\n"), f"{notebook}: the stub of {name} is not stub({name!r})"
