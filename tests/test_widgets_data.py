@@ -75,3 +75,23 @@ def test_draw_instances_accepts_predictions_without_boxes():
     drawn = ax.images[0].get_array()
     assert drawn[3, 4].sum() > 0 and drawn[7, 2].sum() == 0  # only the instance above the threshold is filled
     plt.close(fig)
+
+
+def test_draw_instances_labels_do_not_overlap_and_stay_inside():
+    """Detections crowded on one spot (and one at the top edge) get labels that neither overlap nor leave the axes."""
+    import torch
+
+    from minimaskrcnn.viz.data import draw_instances
+
+    boxes = torch.tensor([[0.0, 0.0, 60, 50], [40, 40, 90, 90], [42, 41, 88, 92], [45, 43, 95, 95], [41, 45, 80, 99]])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    draw_instances(ax, torch.zeros(3, 128, 128), boxes, torch.tensor([1, 2, 2, 3, 1]), torch.rand(5),
+                   class_names=["background", "circle", "triangle", "square"])
+    fig.canvas.draw()  # lays out the label backgrounds
+    renderer = fig.canvas.get_renderer()
+    extents = [t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts]
+    frame = ax.get_window_extent(renderer)
+    assert len(extents) == 5
+    assert all(frame.x0 <= e.x0 and e.x1 <= frame.x1 + 1 and frame.y0 <= e.y0 and e.y1 <= frame.y1 + 1 for e in extents)
+    assert not any(a.overlaps(b) for i, a in enumerate(extents) for b in extents[i + 1:])
+    plt.close(fig)

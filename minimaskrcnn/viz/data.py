@@ -9,6 +9,7 @@ Shape glossary
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -68,6 +69,9 @@ def draw_instances(ax, image, boxes=None, labels=None, scores=None, masks=None, 
     ax.imshow(canvas, interpolation="nearest")
     box_list = _numpy(boxes).tolist() if boxes is not None else [None] * n
     score_list = _numpy(scores).tolist() if scores is not None else [None] * n
+    ax.apply_aspect()  # the axes' final place in the figure, so label extents can be measured
+    renderer = RendererAgg(int(ax.figure.bbox.width), int(ax.figure.bbox.height), ax.figure.dpi)
+    placed = []  # display-space extents of the labels drawn so far
     for j in np.flatnonzero(keep):
         box, label, score = box_list[j], label_list[j], score_list[j]
         if box is not None and show_boxes:
@@ -77,13 +81,48 @@ def draw_instances(ax, image, boxes=None, labels=None, scores=None, masks=None, 
             text = "" if label is None else (class_names[label] if class_names and label < len(class_names)
                                              else str(label))
             text += "" if score is None else f" {score:.2f}"
-            x, y = (box[0], box[1]) if box is not None else _mask_corner(masks, j)
-            ax.text(x, y, text.strip(), fontsize=fontsize, color="white", va="bottom",
-                    bbox={"facecolor": colours[j], "alpha": 0.8, "pad": 0.6, "lw": 0})
+            if box is None:
+                x, y = _mask_corner(masks, j)
+                box = (x, y, x, y)  # a mask without a box: its label goes at the mask's top-left pixel
+            label = ax.text(0, 0, text.strip(), fontsize=fontsize, color="white",
+                            bbox={"facecolor": colours[j], "alpha": 0.8, "pad": 0.6, "lw": 0})
+            placed.append(_place_label(ax, label, box, placed, renderer))
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
     return ax
+
+
+def _place_label(ax, label, box, placed: list, renderer):
+    """Move `label` (a Text) to the first spot by `box` (x1, y1, x2, y2) that stays inside the axes and overlaps no
+    extent in `placed`: above the top-left corner, just inside it, below the box, inside its bottom, then stepping
+    down from the top inside the box. Falls back to the first spot inside the axes. Returns the label's extent."""
+    x1, y1, x2, y2 = box
+    label.set_position((x1, y1))
+    label.set_verticalalignment("top")
+    extent = label.get_window_extent(renderer)
+    to_data = ax.transData.inverted()
+    step = abs(to_data.transform((0, extent.height))[1] - to_data.transform((0, 0))[1])  # label height, data units
+    spots = [(y1, "bottom"), (y1, "top"), (y2, "top"), (y2, "bottom")]
+    spots += [(y1 + k * step, "top") for k in range(1, int((y2 - y1) / step) + 1)]
+    frame = ax.get_window_extent(renderer)
+    fallback = None
+    for x, ha in ((x1, "left"), (x2, "right")):
+        for y, va in spots:
+            label.set_position((x, y))
+            label.set_horizontalalignment(ha)
+            label.set_verticalalignment(va)
+            extent = label.get_window_extent(renderer).padded(1.5)  # with the coloured background
+            inside = (frame.x0 <= extent.x0 and extent.x1 <= frame.x1
+                      and frame.y0 <= extent.y0 and extent.y1 <= frame.y1)
+            if inside and not any(extent.overlaps(other) for other in placed):
+                return extent
+            fallback = fallback or (inside and (x, y, ha, va, extent))
+    x, y, ha, va, extent = fallback or (x1, y1, "left", "top", extent)
+    label.set_position((x, y))
+    label.set_horizontalalignment(ha)
+    label.set_verticalalignment(va)
+    return extent
 
 
 def _mask_corner(masks, j: int):
