@@ -14,8 +14,9 @@ class Matcher:
     """Give every prediction the index of its best ground-truth box, or a negative code.
 
     IoU >= high: matched (the index, >= 0); IoU < low: BELOW_LOW_THRESHOLD (-1, a negative);
-    in between: BETWEEN_THRESHOLDS (-2, ignored). With allow_low_quality_matches, each ground-truth box also
-    keeps the predictions that overlap it best (all of them on ties) even below `high`, so none goes unmatched.
+    in between: BETWEEN_THRESHOLDS (-2, ignored). With allow_low_quality_matches, the predictions that overlap some
+    ground-truth box best (all of them on ties) are matched even below `high`, each to its OWN best ground truth
+    (usually that box; another one when the prediction overlaps that one even more).
     """
 
     BELOW_LOW_THRESHOLD = -1

@@ -863,8 +863,9 @@ EXERCISES: dict[str, Exercise] = {
         "02_iou_matching", Matcher,
         "A class Matcher(high_threshold, low_threshold, allow_low_quality_matches) whose call maps iou: "
         "Tensor[G, P] to Tensor[P] int64: matched index, -1 below low, -2 between the thresholds.",
-        "best IoU over dim 0: >= high keeps the index, < low gives -1, in between -2; low-quality matches: each "
-        "ground truth gives its index back to every prediction reaching its best IoU (ties included); G = 0: all -1.",
+        "best IoU over dim 0: >= high keeps the index, < low gives -1, in between -2; low-quality matches: every "
+        "prediction that reaches some ground truth's best IoU (ties included) gets its OWN best index back, even "
+        "below high; G = 0: all -1.",
         _matcher_cases,
         [("thresholds compared with > instead of >= (an IoU exactly at the threshold)",
           _matcher_variant(strict=True)),
