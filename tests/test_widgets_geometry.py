@@ -105,6 +105,23 @@ def test_nms_view_and_fake_detections():
     plt.close("all")
 
 
+def test_nms_score_labels_do_not_overlap_and_stay_inside():
+    """Kept boxes with nearly the same corner (and one at the top edge) get score labels that neither overlap nor
+    leave the axes."""
+    boxes = torch.tensor([[0.0, 0, 30, 20], [40, 30, 60, 50], [41, 29, 58, 52], [39, 31, 70, 46], [60, 0, 90, 15]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    fig, keep = nms_view(boxes, scores, 1.0, image=IMAGE)  # threshold 1: all kept
+    ax = fig.axes[1]
+    fig.canvas.draw()  # lays out the label backgrounds
+    renderer = fig.canvas.get_renderer()
+    extents = [t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts]
+    frame = ax.get_window_extent(renderer)
+    assert len(keep) == 5 and sorted(t.get_text() for t in ax.texts) == ["0.50", "0.60", "0.70", "0.80", "0.90"]
+    assert all(frame.x0 <= e.x0 and e.x1 <= frame.x1 + 1 and frame.y0 <= e.y0 and e.y1 <= frame.y1 + 1 for e in extents)
+    assert not any(a.overlaps(b) for i, a in enumerate(extents) for b in extents[i + 1:])
+    plt.close(fig)
+
+
 def test_explorers_build_and_viz_helpers():
     level_anchors = grid_anchors(cell_anchors((16,), (1.0,)), (8, 12), (8, 8))
     for widget in (anchor_explorer(IMAGE, ((16,), (32,)), ((1.0,), (0.5, 1.0)), (8, 16)),

@@ -11,10 +11,11 @@ Boxes are (x1, y1, x2, y2) in image pixels.
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.patches import Rectangle
 
 from minimaskrcnn.boxes import box_iou
-from minimaskrcnn.viz.data import _numpy, image_to_numpy, instance_colour
+from minimaskrcnn.viz.data import _numpy, _place_label, image_to_numpy, instance_colour
 
 # Matcher labels -> colour, legend text
 MATCH_COLOURS = {"positive": "#2ca02c", "ignored": "#ff7f0e", "negative": "#9a9a9a"}
@@ -107,8 +108,9 @@ def draw_matching(ax, anchors, labels, gt_boxes, image=None, image_size=None, ma
     negative = np.flatnonzero(labels == -1)
     negative = negative[:: max(1, len(negative) // max_negative)]
     ax.plot(centres[negative, 0], centres[negative, 1], ".", ms=2, color=MATCH_COLOURS["negative"])
-    draw_boxes(ax, anchors[labels == -2], MATCH_COLOURS["ignored"], lw=0.8, alpha=0.7)
-    draw_boxes(ax, anchors[labels >= 0], MATCH_COLOURS["positive"], lw=1.2)
+    draw_boxes(ax, anchors[labels == -2], MATCH_COLOURS["ignored"], lw=0.6, alpha=0.5)
+    draw_boxes(ax, anchors[labels >= 0], "white", lw=3.5)  # a white halo keeps the few positives visible on top
+    draw_boxes(ax, anchors[labels >= 0], MATCH_COLOURS["positive"], lw=2)
     draw_boxes(ax, gt_boxes, "black", lw=2, ls="--")
     counts = {"positive": int((labels >= 0).sum()), "ignored": int((labels == -2).sum()),
               "negative": int((labels == -1).sum())}
@@ -152,7 +154,12 @@ def draw_nms(ax_before, ax_after, boxes, scores, keep, image=None, image_size=No
         ax.set_title(f"{name} NMS: {len(idx)} boxes" + (f" (IoU > {threshold:g} suppressed)"
                                                           if threshold is not None and name == "after" else ""),
                      fontsize=9)
-    for j in keep:
-        ax_after.text(boxes[j, 0], boxes[j, 1], f"{scores[j]:.2f}", fontsize=6, color="white", va="bottom",
-                      bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.3, "lw": 0})
+    ax_after.apply_aspect()  # the axes' final place, so the labels' extents can be measured
+    figure = ax_after.figure
+    renderer = RendererAgg(int(figure.bbox.width), int(figure.bbox.height), figure.dpi)
+    placed = []  # display-space extents of the score labels drawn so far, best score first
+    for j in keep[np.argsort(-scores[keep], kind="stable")]:
+        label = ax_after.text(0, 0, f"{scores[j]:.2f}", fontsize=6, color="white",
+                              bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.3, "lw": 0})
+        placed.append(_place_label(ax_after, label, boxes[j].tolist(), placed, renderer))
     return ax_before, ax_after
