@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from minimaskrcnn.viz.rpn import draw_proposals, plot_losses
+from minimaskrcnn.viz.rpn import draw_anchor_labels, draw_proposals, plot_losses
 
 
 def test_draw_proposals_draws_every_box_best_on_top():
@@ -31,4 +31,15 @@ def test_plot_losses_one_curve_per_loss():
     plot_losses(ax, history)
     assert [line.get_label() for line in ax.get_lines()] == ["loss_objectness", "loss_rpn_box_reg"]
     assert ax.get_yscale() == "log" and list(ax.get_lines()[0].get_ydata()) == [h["loss_objectness"] for h in history]
+    plt.close(fig)
+
+
+def test_draw_anchor_labels_legend_names_every_colour_and_positives_are_on_top():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40], [2, 2, 12, 12]])
+    labels = torch.tensor([1, -1, 0, 0])
+    fig, ax = plt.subplots()
+    draw_anchor_labels(ax, torch.zeros(3, 48, 48), anchors, labels, gt_boxes=anchors[:1], max_negatives=1)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["positive (1)", "ignored (1)", "negative (1 of 2 shown)", "ground truth"]
+    assert ax.patches[-1].get_edgecolor()[:3] == matplotlib.colors.to_rgb("#2ca02c")  # the positive, drawn last
     plt.close(fig)

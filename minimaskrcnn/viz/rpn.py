@@ -9,6 +9,7 @@ Shape glossary
 import torch
 from matplotlib import colormaps
 from matplotlib.collections import PolyCollection
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from minimaskrcnn.viz.data import image_to_numpy
@@ -46,17 +47,25 @@ def plot_levels(fig, image, features: dict, channel: int = 0):
 def draw_anchor_labels(ax, image, anchors, labels, gt_boxes=None, max_negatives: int = 40, seed: int = 0):
     """Image with its anchors coloured by training label: positives (green boxes), ignored (amber boxes),
     and a random subset of max_negatives negatives (red, dashed). anchors: Tensor[T, 4], labels: Tensor[T]
-    (1 / 0 / -1); gt_boxes: Tensor[G, 4] drawn thick white."""
+    (1 / 0 / -1); gt_boxes: Tensor[G, 4] drawn thick white, under the positives. A legend below the image names
+    the colours."""
     ax.imshow(image_to_numpy(image))
     labels = torch.as_tensor(labels)
     negatives = torch.where(labels == 0)[0]
     pick = torch.randperm(len(negatives), generator=torch.Generator().manual_seed(seed))[:max_negatives]
     _boxes(ax, anchors[negatives[pick]], NEGATIVE, lw=0.6, alpha=0.6, ls="--")
-    _boxes(ax, anchors[labels == -1], IGNORED, lw=0.8, alpha=0.8)
-    _boxes(ax, anchors[labels == 1], POSITIVE, lw=1.2)
+    _boxes(ax, anchors[labels == -1], IGNORED, lw=0.6, alpha=0.6)
     if gt_boxes is not None:
-        _boxes(ax, gt_boxes, GT, lw=2.0)
+        _boxes(ax, gt_boxes, GT, lw=3.0)
+    _boxes(ax, anchors[labels == 1], POSITIVE, lw=1.6)  # on top: the few positives must stay visible
     counts = [(labels == v).sum().item() for v in (1, 0, -1)]
+    handles = [Line2D([], [], color=POSITIVE, lw=1.6, label=f"positive ({counts[0]})"),
+               Line2D([], [], color=IGNORED, lw=1.2, label=f"ignored ({counts[2]})"),
+               Line2D([], [], color=NEGATIVE, lw=1.0, ls="--", label=f"negative ({len(pick)} of {counts[1]} shown)")]
+    if gt_boxes is not None:
+        handles.append(Line2D([], [], color=GT, lw=3.0, label="ground truth"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7,
+              facecolor="0.55", framealpha=1.0)  # grey, so that the white ground-truth line shows
     ax.set_title(f"{counts[0]} positive, {counts[1]} negative, {counts[2]} ignored anchors", fontsize=9)
     ax.set_axis_off()
     return ax
