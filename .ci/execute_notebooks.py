@@ -8,9 +8,11 @@ version go, so a re-run on another machine only changes what really changed.
 """
 import os
 import sys
+import tempfile
 import time
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 
@@ -34,7 +36,10 @@ def main(paths, execute=True):
         start = time.perf_counter()
         if execute:
             workdir = os.path.dirname(os.path.abspath(path))
-            NotebookClient(nb, timeout=900, kernel_name="python3", store_widget_state=True,
+            # The kernel talks over local IPC sockets: over TCP ports, runs on a loaded machine sometimes stalled
+            # with kernel and client each waiting for the other.
+            km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(tempfile.mkdtemp(), "kernel"))
+            NotebookClient(nb, km=km, timeout=900, kernel_name="python3", store_widget_state=True,
                            resources={"metadata": {"path": workdir}}).execute()
         nbformat.write(strip(nb), path)
         print(f"{path}: {'executed' if execute else 'stripped'} in {time.perf_counter() - start:.1f} s")
