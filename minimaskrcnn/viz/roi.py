@@ -39,7 +39,8 @@ def draw_roi_sampling(box, feature_size, output_size=2, spatial_scale=1.0, sampl
         for x, ok_x in zip(xx.tolist(), vx.flatten().tolist()):
             ax_align.plot(x + shift, y + shift, "o", color="tab:blue" if ok_y and ok_x else "lightgray", ms=4)
     ax_pool.set_title(f"RoIPool: {len(rows)}x{len(cols)} quantised bins")
-    ax_align.set_title(f"RoIAlign: samples (aligned={aligned}, sampling={sampling_ratio})")
+    ax_align.set_title(f"RoIAlign: samples (aligned={aligned}, sampling={sampling_ratio})"
+                       + ("" if aligned else "\nthe box is read half a pixel right and down"))
     for ax in (ax_pool, ax_align):
         _feature_grid(ax, feature_size)
     return fig
@@ -86,5 +87,7 @@ def plot_mask_crops(fig, rows: dict, max_cols: int = 6):
             ax.imshow(masks[c].detach().cpu().float().numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r][0].set_ylabel(name, fontsize=8)
+        # the row's name, horizontal and left of the row, one line per comma-separated part
+        axes[r][0].set_ylabel(name.replace(", ", "\n"), fontsize=8, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(left=0.14)  # room for the names
     return fig
