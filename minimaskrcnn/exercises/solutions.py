@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minimaskrcnn.ops import roi_align as fast_roi_align
+from minimaskrcnn.roi_ops import roi_align_reference, roi_pool_reference
 
 
 # ------------------------------------------------------------------------------------------------ 01 anchors
@@ -195,79 +196,10 @@ def filter_proposals(proposals, objectness, level_sizes, image_sizes, pre_nms_to
 
 
 # ------------------------------------------------------------------------------------------------ 06 RoI ops
-def _rois(boxes):
-    """Tensor[R, 5] as is, or a list of Tensor[L_i, 4] -> a list of (batch index, x1, y1, x2, y2) rows."""
-    if isinstance(boxes, Tensor):
-        return boxes.tolist()
-    return [[float(i), *box] for i, image_boxes in enumerate(boxes) for box in image_boxes.tolist()]
-
-
-def _size(output_size):
-    return (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-
-
-def roi_pool(input, boxes, output_size, spatial_scale=1.0) -> Tensor:
-    """Notebook 06: RoIPool as loops -> Tensor[R, C, ph, pw]."""
-    ph, pw = _size(output_size)
-    height, width = input.shape[-2:]
-    rows = _rois(boxes)
-    out = input.new_zeros((len(rows), input.shape[1], ph, pw))
-    for r, (n, *box) in enumerate(rows):
-        # round to the nearest feature pixel, halves away from zero (as C's round)
-        x1, y1, x2, y2 = (int(math.copysign(math.floor(abs(v * spatial_scale) + 0.5), v)) for v in box)
-        # x2 is inside the RoI; sizes in float32, as torchvision's kernel computes them
-        bin_h = torch.tensor(max(y2 - y1 + 1, 1), dtype=torch.float32) / ph
-        bin_w = torch.tensor(max(x2 - x1 + 1, 1), dtype=torch.float32) / pw
-        for i in range(ph):
-            top = min(max(y1 + int(torch.floor(i * bin_h)), 0), height)
-            bottom = min(max(y1 + int(torch.ceil((i + 1) * bin_h)), 0), height)
-            for j in range(pw):
-                left = min(max(x1 + int(torch.floor(j * bin_w)), 0), width)
-                right = min(max(x1 + int(torch.ceil((j + 1) * bin_w)), 0), width)
-                if bottom > top and right > left:
-                    patch = input[int(n), :, top:bottom, left:right]
-                    out[r, :, i, j] = patch.amax(dim=(1, 2))
-    return out
-
-
-def _bilinear(feature, y, x):
-    """feature Tensor[C, H, W] at the real point (y, x): 0 beyond one pixel outside, else the 4 neighbours."""
-    height, width = feature.shape[-2:]
-    if y < -1 or y > height or x < -1 or x > width:
-        return feature.new_zeros(feature.shape[0])
-    y, x = min(max(y, 0.0), height - 1), min(max(x, 0.0), width - 1)
-    y0, x0 = int(y), int(x)
-    y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
-    dy, dx = y - y0, x - x0
-    return ((1 - dy) * (1 - dx) * feature[:, y0, x0] + (1 - dy) * dx * feature[:, y0, x1]
-            + dy * (1 - dx) * feature[:, y1, x0] + dy * dx * feature[:, y1, x1])
-
-
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False) -> Tensor:
-    """Notebook 06: RoIAlign as loops over RoIs, bins and samples -> Tensor[R, C, ph, pw]."""
-    ph, pw = _size(output_size)
-    rows = _rois(boxes)
-    out = input.new_zeros((len(rows), input.shape[1], ph, pw))
-    offset = 0.5 if aligned else 0.0
-    for r, (n, *box) in enumerate(rows):
-        x1, y1, x2, y2 = (v * spatial_scale - offset for v in box)
-        roi_w, roi_h = x2 - x1, y2 - y1
-        if not aligned:  # legacy: every RoI at least 1 x 1 feature pixel
-            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-        bin_w, bin_h = roi_w / pw, roi_h / ph
-        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_h)
-        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_w)
-        for i in range(ph):
-            for j in range(pw):
-                total = input.new_zeros(input.shape[1])
-                for gy in range(grid_h):
-                    for gx in range(grid_w):
-                        y = y1 + i * bin_h + (gy + 0.5) * bin_h / grid_h
-                        x = x1 + j * bin_w + (gx + 0.5) * bin_w / grid_w
-                        total += _bilinear(input[int(n)], y, x)
-                if grid_h * grid_w > 0:
-                    out[r, :, i, j] = total / (grid_h * grid_w)
-    return out
+# The readable RoIPool and RoIAlign live beside the fast ops in minimaskrcnn/roi_ops.py (notebook 06 shows them):
+# loops over RoIs, bins and bilinear samples.
+roi_pool = roi_pool_reference
+roi_align = roi_align_reference
 
 
 def assign_levels(boxes, k_min, k_max, canonical_scale=224, canonical_level=4, eps=1e-6) -> Tensor:
