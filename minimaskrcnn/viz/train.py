@@ -9,6 +9,7 @@ Shape glossary
     T      IoU thresholds of COCO AP (0.50, 0.55, ..., 0.95);  R recall points (0, 0.01, ..., 1)
     K      object classes;  A area ranges (all, small, medium, large);  M max-detections settings (1, 10, 100)
 """
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -63,7 +64,7 @@ def plot_precision_recall(ax, precision: np.ndarray, iou_thresholds, recall_thre
     recall_thresholds (R,) = params.recThrs. Each curve's label gives its AP, the mean of its R precision values;
     COCO's AP is the mean of the T curves' APs, AP50 and AP75 those of the curves at IoU 0.5 and 0.75."""
     curves = class_mean_precision(precision)
-    colours = __import__("matplotlib").colormaps["viridis"](np.linspace(0, 0.9, len(iou_thresholds)))
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(iou_thresholds)))
     for t, (iou, curve) in enumerate(zip(iou_thresholds, curves)):
         named = np.isclose(iou, (0.5, 0.75, 0.95)).any()
         ax.plot(recall_thresholds, curve, color=colours[t], lw=2 if named else 0.8,
@@ -75,7 +76,7 @@ def plot_precision_recall(ax, precision: np.ndarray, iou_thresholds, recall_thre
 
 
 def _colour(label: int):
-    return np.array(__import__("matplotlib").colormaps["tab10"](int(label) % 10)[:3])
+    return np.array(matplotlib.colormaps["tab10"](int(label) % 10)[:3])
 
 
 def draw_detections(ax, image: torch.Tensor, boxes, labels, class_names, masks=None, scores=None, title=None):
