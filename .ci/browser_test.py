@@ -177,6 +177,9 @@ def main(paths: list[str]) -> int:
                     failures += check_notebook(driver, port, token, Path(path))
                 except TimeoutError as err:
                     failures.append(str(err))
+                except WebDriverException as err:  # e.g. a JupyterLab dialog in front of a control: say which
+                    dialogs = [d.text for d in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog")]
+                    failures.append(f"{path}: {err.msg}; dialogs open: {dialogs or 'none'}")
         finally:
             if driver is not None:
                 driver.quit()
