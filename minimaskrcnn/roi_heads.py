@@ -334,7 +334,8 @@ class RoIHeads(nn.Module):
         """Pool, mask head, predictor: -> mask_logits Tensor[R, K+1, M, M]."""
         return self.mask_predictor(self.mask_head(pool_outside_autocast(self.mask_roi_pool, features, rois, image_sizes)))
 
-    def predict_masks(self, features: dict, boxes: list[Tensor], labels: list[Tensor], image_sizes: list) -> list[Tensor]:
+    def predict_masks(self, features: dict, boxes: list[Tensor], labels: list[Tensor], image_sizes: list
+                      ) -> list[Tensor]:
         """The mask of each box for its class: boxes [Tensor[D_i, 4]], labels [Tensor[D_i]] -> [Tensor[D_i, 1, M, M]]
         probabilities (the sigmoid of the class's channel). Detections at inference; any boxes (e.g. ground truth)."""
         return mask_probabilities(self.mask_forward(features, boxes, image_sizes), labels)

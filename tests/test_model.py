@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from minimaskrcnn.boxes import decode_boxes
-from minimaskrcnn.model import _CONFIG_RULES, PRESET_TRAINING, PRESETS, MaskRCNN, MaskRCNNConfig, TrainingRecipe, build_model
+from minimaskrcnn.model import (_CONFIG_RULES, PRESET_TRAINING, PRESETS, MaskRCNN, MaskRCNNConfig, TrainingRecipe,
+                                build_model)
 from minimaskrcnn.roi_heads import postprocess_detections
 from minimaskrcnn.rpn import RPN_BOX_WEIGHTS
 
