@@ -201,7 +201,7 @@ PRESETS: dict[str, MaskRCNNConfig] = {
     # anchor of IoU >= 0.7 than one size per level and three ratios (notebook 01 measures it); few proposals and
     # sampled RoIs, half of them positive (the RoI heads and NMS dominate a CPU step; more positives train the
     # classifier faster). The 128-px images are upsampled to 192 px: P2 then has 1.5x finer cells on the small
-    # objects, for about 1.2x the cost of a step (BENCHMARKS.md has the image-size comparison).
+    # objects, which pays for the dearer step (BENCHMARKS.md: the input-size comparison).
     "tiny": MaskRCNNConfig(
         backbone_depth=18,
         backbone_norm="gn",
