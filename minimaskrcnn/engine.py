@@ -381,7 +381,7 @@ class _Run:
         cfg.max_nonfinite of them in a row stop the run.
         """
         cfg, device = self.cfg, self.device
-        torch.manual_seed(_mix(cfg.seed, self.step, self.rank))  # the model's sampling: a function of (seed, step, rank)
+        torch.manual_seed(_mix(cfg.seed, self.step, self.rank))  # the model's sampling: a function of seed, step, rank
         lr = cfg.lr * self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -1,5 +1,5 @@
-"""Tests for minimaskrcnn.weights: the state-dict layout, refusing damaged weight files, downloads from a local HTTP server
-on 127.0.0.1 (nothing reaches the internet), and starting a model from COCO / ImageNet / local weights."""
+"""Tests for minimaskrcnn.weights: the state-dict layout, refusing damaged weight files, downloads from a local HTTP
+server on 127.0.0.1 (nothing reaches the internet), and starting a model from COCO / ImageNet / local weights."""
 import functools
 import hashlib
 import http.server
