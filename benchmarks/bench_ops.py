@@ -7,15 +7,8 @@ Boxes are "realistic": jittered copies of a few hundred object boxes in a 1000-p
 raw detections pile up around objects, so NMS keeps a small fraction of them. Times are the median of repeats,
 single-threaded (torch.set_num_threads(1)) so both sides run under the same conditions.
 
-Measured (2-core CPU shared with ~7 other engineers' jobs, load average ~7, so absolute times are noisy; ratios
-are from the same run, torch 2.13 CUDA build + torchvision 0.29.2 on CPU):
-    box_iou 1000 x 1000          ours     64.66 ms   torchvision     59.03 ms   ratio  1.10x
-    nms 1000 boxes (keeps 76)    ours      1.14 ms   torchvision      0.29 ms   ratio  3.95x
-    nms 5000 boxes (keeps 311)   ours     15.71 ms   torchvision     15.15 ms   ratio  1.04x
-    nms 20000 boxes (keeps 822)  ours    120.98 ms   torchvision    146.30 ms   ratio  0.83x
-The 5000-box target (within 3x of torchvision's compiled nms) holds; for 1000 boxes the fixed cost of a few
-tensor ops per 256-box block dominates. Before the blocked version (full N x N IoU + a Python loop per box),
-nms on 20000 boxes needed a 20000 x 20000 matrix (1.6 GB of float32).
+Figures, with the date, machine and command of each run: BENCHMARKS.md ("box_iou and nms"). The target: nms on
+5000 boxes within 3x of torchvision's compiled nms.
 """
 import statistics
 import time

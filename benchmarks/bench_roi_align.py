@@ -11,20 +11,8 @@ Loads (sampling_ratio 2, aligned False, spatial_scale 1/4, random boxes, float32
 Each case runs in a fresh process; time = median of --repeats runs; peak = growth of the process's peak RSS
 during the timed runs (inputs already allocated), so it includes the autograd buffers and the input gradient.
 
-Figures measured 2026-11-23 04:13 UTC, `--repeats 5`, torch 2.15.0+cu132 / torchvision 0.29.2 in .venv-reference,
-2-core CPU with one other single-threaded training job running (load average about 2.2: absolute times inflated;
-the speed-up is torchvision's time / ours, same run). roi_align = taps + embedding_bag (commit 3830a6d):
-  load  ours fwd / fwd+bwd     torchvision fwd / fwd+bwd   speed-up fwd / fwd+bwd   peak extra RSS ours / tv
-  (a)    931 / 2028 ms         1236 / 6537 ms              1.33x / 3.22x            669 / 417 MiB
-  (b)    268 /  943 ms          552 / 1783 ms              2.06x / 1.89x            396 / 206 MiB
-  (m)    233 /  937 ms          351 / 1487 ms              1.51x / 1.59x            402 / 206 MiB
-An earlier run the same hour (load average about 1.4, `--repeats 3`): (a) 3.09x, (b) 1.85x, (m) 1.20x fwd+bwd.
-Targets: forward+backward at least 2x torchvision on (a) -- met (3.2x); not slower on (b) -- met (1.9x); peak extra
-memory on (b) under 1 GiB -- met (396 MiB). The previous implementation (separable windows, before 3830a6d) measured
-0.17-0.23x on (a) and 0.56-0.60x on (b) under heavier load.
-Why it is faster: the same multiply-adds as torchvision's kernel (4 corners x G^2 samples per bin and channel), but
-vectorised over channels on a channels-last table and spread over both cores by embedding_bag; the backward pass is a
-gather-sum over taps sorted by pixel, where torchvision's CPU backward scatters one scalar at a time.
+Targets: forward+backward at least 2x torchvision's speed on (a), not slower on (b), peak extra memory on (b) under
+1 GiB. Figures, with the date, machine and command of each run, and why ours is faster: BENCHMARKS.md ("roi_align").
 """
 import argparse
 import multiprocessing as mp

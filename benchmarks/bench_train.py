@@ -5,7 +5,7 @@
     python benchmarks/bench_train.py --preset r50_fpn --device cuda --image-size 800 --batch-size 4
 
 Each implementation runs in its own subprocess (so peak memory is its own) on the same shapes images.
-torchvision's MaskRCNN is given the preset's image size, anchors, RPN and RoI settings in two variants:
+torchvision's MaskRCNN is given the preset's image size, anchors, RPN and RoI settings in three variants:
   tv-same      the same network as ours (our backbone + FPN inside torchvision's MaskRCNN, same head widths):
                differences come from the detection code only (transform, RPN, RoI heads, roi_align, NMS);
   tv-same-nhwc tv-same with its conv weights channels-last (NHWC), as our tiny preset lays them out;
@@ -13,37 +13,7 @@ torchvision's MaskRCNN is given the preset's image size, anchors, RPN and RoI se
                (256 FPN channels, 1024 box representation, 256 mask convs), i.e. what you get by default.
 Peak memory: max CUDA allocation on GPU, peak resident set size of the subprocess on CPU.
 
-Measured on one NVIDIA H100 80GB (torch 2.11.0+cu130, torchvision 0.26, bf16 autocast), 2026-11-23,
-`--preset r50_fpn --device cuda --image-size 800 --batch-size 4`, roi_ops of commit 3830a6d, nms in blocks of 4096:
-    impl         train img/s  infer img/s  peak MB
-    ours               38.54       144.20     3552
-    tv-same            56.72       121.17     3512
-    tv-standard        67.76       177.19     3513
-    ours / tv-same: train 0.68x, inference 1.19x;  ours / tv-standard: train 0.57x, inference 0.81x
-An earlier run on another H100 (same roi_ops, nms in blocks of 256): ours 28.13 / 109.26, tv-same 54.32 / 119.18,
-tv-standard 59.33 / 97.41 img/s (train / inference): the figures move a lot between runs. With the previous roi_ops
-(commit 4441b10, matmul-based) ours measured 35.21 / 161.10 img/s and 5305 MB peak in that run.
-Profile of that earlier run (torch.profiler, 3 steps after 3 warm-up steps): ours is CPU-bound. r50_fpn 800 px batch 4:
-the GPU is busy 78 ms of a 142 ms step. Notebook 11's GPU configuration (GroupNorm, 256 px, batch 8, reference
-proposal counts): busy 81 ms of a 434 ms step, with per step about 13,000 kernel launches, 455 nonzero and 550 item
-calls (host syncs), 418 NMS fixed-point rounds (torch.equal) and 2,400 dtype copies (aten::copy_, 16 % of GPU time).
-
-Measured on this project's 2-core CPU, quiet, 2026-11-23 08:13 UTC, `.venv-reference/bin/python
-benchmarks/bench_train.py --steps 10 --warmup 3` (tiny preset of commit 25fb519 with channels-last weights, run at
-128 px, batch 4, 2 threads, torch 2.15.0+cu132, torchvision 0.29.2):
-    impl         train img/s  infer img/s  peak MB
-    ours               26.91        35.24      857
-    tv-same            22.05        17.77      899
-    tv-same-nhwc       21.95        32.03      856
-    tv-standard         3.58         6.31     1358
-    ours / tv-same: train 1.22x, inference 1.98x;  ours / tv-same-nhwc: train 1.23x, inference 1.10x;
-    ours / tv-standard: train 7.51x, inference 5.58x
-The 2x train-step target against tv-same is not reached: a profile of our step (2 threads; torch.profiler, 5 steps)
-puts convolution forward and backward at about 59 % of it (49 % with channels-last), and those are the same network
-in both; the rest is about 5,300 small ops per step (IoU, NMS rounds, sampling, roi_align's tap tables).
-Channels-last weights barely move the train step (an A/B of our model in one process: 1.05x at 2 threads, 1.14x at
-1 thread, medians, noisy) but roughly double inference, for torchvision's model too. The earlier run (05:12, before
-channels-last): ours 27.68 / 18.31, tv-same 22.71 / 26.42 (train 1.22x, inference 0.69x).
+Figures, with the date, machine and command of each run: BENCHMARKS.md ("Speed against torchvision").
 """
 import argparse
 import json

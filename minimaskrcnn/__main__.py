@@ -3,6 +3,7 @@
 Built in notebooks/11_train_on_gpu.ipynb.
 
     python -m minimaskrcnn train --preset tiny --data shapes --out runs/tiny          # what `make train` runs
+    python -m minimaskrcnn train --preset r50_fpn_gn --data shapes --out runs/r50gn   # notebook 11's GPU run
     python -m minimaskrcnn train --data data/pennfudan --out runs/pf                  # a folder with train/ and val/
     python -m minimaskrcnn train --train-images T/ --train-annotations T.json --val-images V/ --val-annotations V.json
     python -m minimaskrcnn train --preset r50_fpn --weights coco --data data/pennfudan --out runs/pf-coco
@@ -33,26 +34,10 @@ from pathlib import Path
 
 import torch
 
-from minimaskrcnn import engine
+from minimaskrcnn import checkpoints, distributed, engine
 from minimaskrcnn.evaluation import format_metrics, predictions_to_coco
-from minimaskrcnn.model import PRESETS, MaskRCNNConfig
+from minimaskrcnn.model import PRESET_TRAINING, PRESETS, MaskRCNNConfig
 
-# Training schedule of each preset when the command line does not say (tuned for `make train` on a 2-core CPU).
-PRESET_TRAINING = {
-    # tiny: AdamW learns the from-scratch heads faster than SGD (lr 0.01) in make train's 2000 steps. Mask AP / AP50,
-    # one thread per run: 0.700 / 0.912 (seed 0) and 0.687 / 0.898 (seed 1) against SGD's 0.642 / 0.877 (seed 0);
-    # AdamW lr 1e-3: 0.698 / 0.907 and 0.665 / 0.879. `make train` itself (2 threads, seed 0): 0.698 / 0.902.
-    "tiny": {"steps": 2000, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
-             "warmup_steps": 100, "num_train": 400, "num_val": 100, "image_size": 128,
-             "overrides": {}},  # the model side is PRESETS["tiny"] (minimaskrcnn/model.py)
-    "r50_fpn": {"steps": 20000, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "weight_decay": 1e-4,
-                "warmup_steps": 500, "num_train": 5000, "num_val": 500, "image_size": 256,
-                "overrides": {"backbone_norm": "gn", "trainable_layers": 5, "min_size": 256, "max_size": 512},
-                # with --weights: the reference model the COCO / ImageNet weights fit (frozen batch norm, 800 px)
-                # and torchvision's fine-tuning tutorial's schedule (Penn-Fudan: 10 epochs of 60 steps of 2 images)
-                "finetune": {"steps": 600, "batch_size": 2, "optimizer": "sgd", "lr": 0.005, "weight_decay": 5e-4,
-                             "warmup_steps": 60, "overrides": {}}},
-}
 SHAPES_DIR = Path("data/shapes")  # where `--data shapes` lives, relative to the working directory (the repository)
 SPLIT_FLAGS = ("train_images", "train_annotations", "val_images", "val_annotations")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -245,15 +230,15 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         fail("train", f"--out {out} is a file, not a folder")
-    ours = (f".{engine.METRICS_NAME}", f".{engine.CHECKPOINT_NAME}")
+    ours = (f".{engine.METRICS_NAME}", f".{checkpoints.CHECKPOINT_NAME}")
     entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(ours)) if out.is_dir() else []
-    if not entries or overwrite or (resume and (out / engine.CHECKPOINT_NAME).is_file()):
+    if not entries or overwrite or (resume and (out / checkpoints.CHECKPOINT_NAME).is_file()):
         return
     held = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
     if resume:
-        fail("train", f"--resume: {out} holds {held} but no {engine.CHECKPOINT_NAME} to resume from; pass --overwrite "
-                      "to start a new run there anyway, or choose another --out")
-    if engine.CHECKPOINT_NAME in entries:
+        fail("train", f"--resume: {out} holds {held} but no {checkpoints.CHECKPOINT_NAME} to resume from; pass "
+                      "--overwrite to start a new run there anyway, or choose another --out")
+    if checkpoints.CHECKPOINT_NAME in entries:
         fail("train", f"{out} already holds a run ({held}); pass --resume to continue it, --overwrite to start a new "
                       "run over it (its checkpoint, metrics and pictures are replaced), or choose another --out")
     fail("train", f"{out} is not empty (it holds {held}); pass --overwrite to write a run there anyway, or choose "
@@ -261,12 +246,6 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ train
-def training_recipe(args) -> dict:
-    """The preset's schedule defaults: its from-scratch recipe, or its fine-tuning one with --weights."""
-    recipe = PRESET_TRAINING.get(args.preset, PRESET_TRAINING["tiny"])
-    return {**recipe, **recipe.get("finetune", {})} if args.weights else recipe
-
-
 def check_model(preset: str, overrides: dict, weights: str | None) -> None:
     """Refuse, before any download or data work, overrides the model cannot be built with, and a model that
     torchvision's published weights (--weights coco | imagenet) cannot fill; a local file is checked when loaded.
@@ -298,20 +277,20 @@ def check_model(preset: str, overrides: dict, weights: str | None) -> None:
 
 
 def cmd_train(args) -> int:
-    defaults = training_recipe(args)
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    recipe = PRESET_TRAINING[args.preset]  # what the command line does not say, the preset's recipe does
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else getattr(recipe, name)  # noqa: E731
     if args.data != "shapes" and any(getattr(args, n) is not None for n in ("num_train", "num_val", "image_size")):
         fail("train", "--num-train, --num-val and --image-size size the generated shapes data: only with --data shapes")
     splits = train_splits(args)
     out = Path(args.out or f"runs/{args.preset}")
     check_out_dir(out, args.resume, args.overwrite)
-    overrides = {**defaults["overrides"], **dict(args.override)}
+    overrides = dict(args.override)
     check_model(args.preset, overrides, args.weights)
-    resuming = args.resume and (out / engine.CHECKPOINT_NAME).is_file()
+    resuming = args.resume and (out / checkpoints.CHECKPOINT_NAME).is_file()
 
     from minimaskrcnn.data import check_dataset
 
-    rank, world, _ = engine.init_distributed()
+    rank, world, _ = distributed.init_distributed()
     if rank == 0 and args.data == "shapes":
         prepare_shapes(pick("num_train"), pick("num_val"), pick("image_size"))
     if rank == 0:  # every image decoded and every annotation checked before the first step
@@ -323,8 +302,7 @@ def cmd_train(args) -> int:
                 fail("train", f"the {name} split ({annotations}) has {len(problems)} problem(s):"
                               f"{_problem_list(problems)}")
             print(f"checked the {name} split ({annotations}) in {time.perf_counter() - t0:.1f} s: no problems")
-    if world > 1:
-        torch.distributed.barrier()
+    distributed.barrier()  # the other processes wait for rank 0's data checks
     from minimaskrcnn.data import CocoDataset
     from minimaskrcnn.model import build_model
     from minimaskrcnn.transforms import RandomHorizontalFlip
@@ -359,13 +337,14 @@ def cmd_train(args) -> int:
     info = {"preset": args.preset, "overrides": overrides, "weights": args.weights,
             "class_names": list(train_set.class_names), "category_ids": _plain(train_set.category_ids)}
     if resuming:  # a checkpoint that cannot be read or continued is refused before training, not in a traceback
-        path = out / engine.CHECKPOINT_NAME
+        path = out / checkpoints.CHECKPOINT_NAME
         try:
-            engine.check_resumable(engine.load_checkpoint(path), cfg, {**info, **engine.describe_model(model)},
-                                   engine.dataset_fingerprint(train_set), path)
+            checkpoints.check_resumable(checkpoints.load_checkpoint(path), cfg,
+                                        {**info, **checkpoints.describe_model(model)},
+                                        checkpoints.dataset_fingerprint(train_set), path)
         except ValueError as error:
             fail("train", f"--resume: {error}")
-    device = torch.device(args.device) if args.device else engine.default_device()
+    device = torch.device(args.device) if args.device else distributed.default_device()
     if rank == 0:
         print(f"training {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
               f"{len(train_set)} images, {cfg.steps} steps of {cfg.batch_size} x {world} process(es), {device}")
@@ -374,13 +353,13 @@ def cmd_train(args) -> int:
                           model_info=info, stop_at=args.stop_at)
     if rank == 0:
         print(f"trained to step {result.step} in {time.perf_counter() - t0:.1f} s; "
-              f"checkpoint {out / engine.CHECKPOINT_NAME}")
+              f"checkpoint {out / checkpoints.CHECKPOINT_NAME}")
         if result.metrics is not None:
             print(format_metrics(result.metrics))
             (out / "eval.json").write_text(json.dumps(result.metrics, indent=1))
             predictions_picture(model, val_set, out / "predictions.png", device)
             print(f"wrote {out / engine.LOSS_PLOT_NAME}, {out / 'predictions.png'} and {out / 'eval.json'}")
-    engine.cleanup_distributed()
+    distributed.cleanup_distributed()
     return 0
 
 
@@ -402,10 +381,10 @@ def predictions_picture(model, dataset, path: Path, device, count: int = 8, scor
 
 # --------------------------------------------------------------------------------------------------- evaluate
 def load_model(command: str, path):
-    """engine.model_from_checkpoint(path), its refusals (no such file, not a plain-data checkpoint of ours, weights
-    that do not fit the config it records) as this command's error."""
+    """checkpoints.model_from_checkpoint(path), its refusals (no such file, not a plain-data checkpoint of ours,
+    weights that do not fit the config it records) as this command's error."""
     try:
-        return engine.model_from_checkpoint(path)
+        return checkpoints.model_from_checkpoint(path)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(command, f"--checkpoint: {error}")
 
@@ -442,7 +421,7 @@ def cmd_evaluate(args) -> int:
     check_split_paths("evaluate", {"evaluation": (images, annotations)})
     if args.out:
         check_output_file("evaluate", Path(args.out), args.overwrite, [annotations, Path(args.checkpoint)])
-    engine.init_distributed()
+    distributed.init_distributed()
     model, ckpt = load_model("evaluate", args.checkpoint)
     trained, info = checkpoint_categories("evaluate", ckpt, args.checkpoint)
     from minimaskrcnn.data import CocoDataset, check_dataset
@@ -456,14 +435,14 @@ def cmd_evaluate(args) -> int:
     if differences:  # labels are the checkpoint's: the file's categories must be the same ids with the same names
         fail("evaluate", "the checkpoint and the annotation file have different categories:"
                          + _problem_list(differences))
-    device = torch.device(args.device) if args.device else engine.default_device()
+    device = torch.device(args.device) if args.device else distributed.default_device()
     model.to(device)
     metrics = engine.evaluate(model, dataset, device, batch_size=args.batch_size, category_ids=info["category_ids"])
-    if engine.get_rank() == 0:
+    if distributed.get_rank() == 0:
         print(format_metrics(metrics))
         if args.out:
             Path(args.out).write_text(json.dumps(metrics, indent=1))
-    engine.cleanup_distributed()
+    distributed.cleanup_distributed()
     return 0
 
 
@@ -532,7 +511,7 @@ def cmd_predict(args) -> int:
             fail("predict", f"{args.annotations} has no image entry for {missing[:5]}")
     model, ckpt = load_model("predict", args.checkpoint)
     _, info = checkpoint_categories("predict", ckpt, args.checkpoint)
-    device = torch.device(args.device) if args.device else engine.default_device()
+    device = torch.device(args.device) if args.device else distributed.default_device()
     model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -603,7 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a preset on COCO-format splits, evaluate, plot",
                        description="Check the data, train, evaluate on val, write checkpoint.pt, metrics.jsonl, "
                                    "loss_curve.png, predictions.png and eval.json into --out. Works under torchrun.")
-    t.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (default tiny)")
+    t.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="model and training recipe (minimaskrcnn.model.PRESETS, PRESET_TRAINING; default tiny): tiny "
+                        "(CPU, from scratch), r50_fpn (the reference model, for --weights coco|imagenet), r50_fpn_gn "
+                        "(ResNet-50-FPN with GroupNorm, from scratch)")
     t.add_argument("--data", help="folder with train/ and val/ (each images/ + annotations.json); 'shapes' = the "
                                   "synthetic shapes in data/shapes, generated there when missing")
     t.add_argument("--train-images", help="folder of the training images (with the three flags below)")

@@ -667,6 +667,8 @@ class CocoDataset(torch.utils.data.Dataset):
 
 
 def collate(batch):
-    """[(image, target), ...] -> (list of images, list of targets): images differ in size, so no stacking."""
+    """[(image, target), ...] -> (list of images, list of targets): images differ in size, so no stacking.
+
+    The DataLoader collate_fn of notebook 00, engine.train and engine.evaluate."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)

@@ -1,6 +1,12 @@
-"""Training engine: the optimisation loop, learning-rate schedule, checkpoints, resume, evaluation, distributed runs.
+"""Training engine: the optimisation loop and its learning-rate schedule, data order, metrics and evaluation.
 
 Built in notebooks/11_train_on_gpu.ipynb.
+
+`train` is a short loop over named steps: build the run (optimiser, grad scaler, run files), resume it from its
+checkpoint, then per batch one optimiser step (`_Run.optimise`), a metrics record (`_Run.log_losses`), an evaluation
+(`_Run.evaluate`) and a checkpoint (`_Run.checkpoint`) when their step comes. Its neighbours each live in one place:
+checkpoint files (write, read, describe, resume checks) in minimaskrcnn.checkpoints, the generators' states in
+minimaskrcnn.utils, the process group and its collectives in minimaskrcnn.distributed.
 
 The loop counts optimiser *steps*, not epochs, and everything random depends only on (seed, step):
 - data order: a DistributedSampler (one replica when not distributed) reshuffled with `set_epoch(epoch)`, where
@@ -10,39 +16,33 @@ The loop counts optimiser *steps*, not epochs, and everything random depends onl
   every step.
 So a run stopped after any checkpoint and resumed ends with the same weights as an uninterrupted run (on the CPU).
 
-Checkpoints are written atomically (temporary file, then os.replace): a process killed at any moment leaves either
-the previous checkpoint or the new one, never half a file. They hold tensors and plain data only and are read with
-`torch.load(weights_only=True)`, so a checkpoint file cannot run code; they describe themselves (full model config,
-number of classes, class names, category ids, training config, a fingerprint of the training set; format below
-`FORMAT_VERSION`), and a resume refuses a checkpoint whose model or data differ from the current ones.
-
 Shape glossary
     N      images per step on one process (TrainConfig.batch_size)
     P      number of processes (world size) under torchrun
+    L      loss terms of one step (the model's loss dict)
 """
-import errno
-import hashlib
-import io
 import json
 import math
-import pickle
 import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from minimaskrcnn.checkpoints import (CHECKPOINT_NAME, FORMAT_VERSION, as_lists, check_plain, check_resumable,
+                                      dataset_fingerprint, describe_model, load_checkpoint, save_checkpoint)
+from minimaskrcnn.data import collate
+from minimaskrcnn.distributed import (barrier, broadcast_object, default_device, gather_objects, get_rank,
+                                      get_world_size, init_distributed, mean_over_processes, unwrap, wrap)
 from minimaskrcnn.evaluation import IOU_TYPES, coco_evaluate, merge_results, predict_dataset
+from minimaskrcnn.utils import rng_states, set_rng_states
 
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 2  # 1: numpy RNG state and a preset name (needed full unpickling); 2: plain data, full config
 METRICS_NAME = "metrics.jsonl"
 LOSS_PLOT_NAME = "loss_curve.png"
 
@@ -104,7 +104,7 @@ class WarmupSchedule:
         return warm * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# ---------------------------------------------------------------------------------------------------- randomness
+# ---------------------------------------------------------------------------------------- data order and seeds
 def _mix(*numbers: int) -> int:
     """A deterministic 63-bit seed from a few integers."""
     h = 0
@@ -172,242 +172,6 @@ class StepBatchSampler(Sampler):
                 idx = order[b * self.batch_size:(b + 1) * self.batch_size]
                 yield [(i, _mix(self.seed, epoch, i)) for i in idx]
                 step += 1
-
-
-def rng_states() -> dict:
-    """Every generator's state as tensors and plain types (loadable with torch.load(weights_only=True)).
-
-    torch: ByteTensor; cuda: one ByteTensor per GPU (only when CUDA is available); numpy: its MT19937 state with
-    the 624 keys as an int64 Tensor[624]; python: random.getstate() (nested tuples of ints).
-    Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    """Restore `rng_states()`. The states may lie on any device (a checkpoint written on a GPU); CUDA generators are
-    restored only when CUDA is available here. Built in notebooks/11_train_on_gpu.ipynb."""
-    torch.set_rng_state(states["torch"].cpu())
-    numpy = states["numpy"]
-    np.random.set_state((numpy["name"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]][:torch.cuda.device_count()])
-
-
-def collate(batch):
-    """[(image, target), ...] -> (list of images, list of targets): images of different sizes stay separate."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
-
-
-# --------------------------------------------------------------------------------------------------- distributed
-def init_distributed() -> tuple[int, int, int]:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); (rank, world, local_rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return get_rank(), get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def cleanup_distributed() -> None:
-    """Leave the process group (if any) at the end of a torchrun job."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def unwrap(model):
-    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-# --------------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path, **state) -> None:
-    """torch.save(state) to a temporary file next to `path`, flushed to disk, then renamed over `path` (atomic).
-
-    On an OSError (disk full, ...) the temporary file is removed, the previous checkpoint at `path` is left as it was,
-    and an OSError saying so is raised. Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        kept = f"the previous checkpoint {path} is left intact" if path.exists() else "no checkpoint was written"
-        raise OSError(err.errno, f"could not write checkpoint {path} ({err.strerror or err}); {kept}") from err
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """The dict `train` saved at `path`, read with torch.load(weights_only=True): tensors and plain data only.
-
-    A file holding anything else (a pickled object that could run code when loaded) is refused with a ValueError
-    naming what it holds, and so is a checkpoint of another format version (format 1, written by minimaskrcnn before
-    checkpoints were plain data, included). Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(unpickling_refusal(path, err)) from None
-    except (RuntimeError, EOFError) as err:  # not a torch.save file at all (empty, truncated, another format)
-        raise ValueError(f"{path} is not a readable checkpoint: {str(err) or 'the file is empty'}") from None
-    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a minimaskrcnn checkpoint of format {FORMAT_VERSION} (format_version: "
-                         f"{version}); it was written by another version of minimaskrcnn or by something else")
-    return ckpt
-
-
-def unpickling_refusal(path: Path, err: Exception) -> str:
-    """Why a file that torch.load(weights_only=True) rejected is refused (load_checkpoint, weights.read_weights_file),
-    naming the globals it would import -- never torch's advice to retry with weights_only=False.
-    No notebook shows it on its own (notebooks/11_train_on_gpu.ipynb loads checkpoints through load_checkpoint)."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # a file too broken to list them: the loader's own message says enough
-        names = []
-    if names and all(name.startswith("numpy") for name in names):
-        return (f"{path} was written by an older version of minimaskrcnn (checkpoint format 1, numpy objects "
-                f"{names}); this version reads only plain-data checkpoints (format {FORMAT_VERSION}) and will not "
-                f"unpickle it. Retrain, or, only if you trust the file, load it yourself and re-save its 'model' "
-                f"state dict")
-    if not names:  # not a pickle of objects at all: torch's reason follows "WeightsUnpickler error:"
-        lines = [line.strip() for line in str(err).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
-        return f"{path} is not a readable checkpoint ({lines[0] if lines else type(err).__name__})"
-    return (f"{path} holds objects other than tensors and plain data ({', '.join(names)}); unpickling them could "
-            f"run code, so the file is refused")
-
-
-def _lists(value):
-    """Tuples (nested too) as lists: a config as checkpoints store and compare it."""
-    if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
-    return value
-
-
-def _tuples(value):
-    """Lists (nested too) back to tuples: the config dataclasses hold tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def describe_model(model) -> dict:
-    """{"config": asdict(model.cfg) with tuples as lists, "num_classes"} of a (possibly DDP-wrapped) model.
-
-    Both are None for a model without a dataclass `.cfg` / a `.num_classes` (e.g. a toy model in the tests).
-    Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    bare = unwrap(model)
-    cfg = getattr(bare, "cfg", None)
-    config = _lists(asdict(cfg)) if cfg is not None and is_dataclass(cfg) else None
-    return {"config": config, "num_classes": getattr(bare, "num_classes", None)}
-
-
-def dataset_fingerprint(dataset) -> dict:
-    """{"num_images", "image_ids_sha256", "annotations_sha256"}: digests of the ordered `.image_ids` and, for a
-    dataset with a pycocotools `.coco` (CocoDataset), of every annotation's id, image id, category id, crowd flag,
-    box and area (an edited mask changes its box or area) -- None when the dataset has no such attribute.
-
-    Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    ids, coco = getattr(dataset, "image_ids", None), getattr(dataset, "coco", None)
-    digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest() if ids is not None else None
-    annotations = None
-    if coco is not None:
-        rows = sorted([a["id"], a["image_id"], a["category_id"], a["iscrowd"], a["area"], *a["bbox"]]
-                      for a in coco.dataset["annotations"])
-        annotations = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-    return {"num_images": len(dataset), "image_ids_sha256": digest, "annotations_sha256": annotations}
-
-
-def model_from_checkpoint(path, map_location="cpu"):
-    """Rebuild the MaskRCNN saved by `train` from the full config and num_classes its checkpoint records.
-
-    Returns (model in eval mode, checkpoint dict). Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    from minimaskrcnn.model import MaskRCNN, MaskRCNNConfig
-
-    ckpt = load_checkpoint(path, map_location)
-    info = ckpt.get("model_info") or {}
-    if info.get("config") is None or info.get("num_classes") is None:
-        raise ValueError(f"checkpoint {path} has no model config / num_classes in model_info: it was not written by "
-                         f"train() for a MaskRCNN")
-    unknown = sorted(set(info["config"]) - {f.name for f in fields(MaskRCNNConfig)})
-    if unknown:
-        raise ValueError(f"checkpoint {path}: model config fields {unknown} are unknown to this version of "
-                         f"minimaskrcnn (written by a newer version?)")
-    config = MaskRCNNConfig(**{k: _tuples(v) for k, v in info["config"].items()})
-    model = MaskRCNN(config, info["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
-
-
-# Resuming with other values of these TrainConfig fields is fine: they do not change what the run computes.
-FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "num_workers", "eval_batch_size", "progress",
-               "find_unused_parameters", "max_nonfinite")
-# Changes to these are honoured: the rate of step t is always lr * WarmupSchedule(current config)(t).
-SCHEDULE_FIELDS = ("steps", "lr", "warmup_steps", "warmup_factor", "schedule", "milestones", "gamma")
-
-
-def check_resumable(ckpt: dict, cfg: TrainConfig, model_info: dict, fingerprint: dict, path="checkpoint") -> None:
-    """Refuse to resume from `ckpt` when the model, its classes, the training set or a TrainConfig field that is
-    neither free nor a schedule field differ from the current run (ValueError listing `field: saved -> now`).
-
-    model_info: `describe_model` of the current model, with the run's `class_names` and `category_ids` when it has
-    them (compared too: the same number of classes may mean other classes); fingerprint: `dataset_fingerprint` of the
-    current training set.
-    Built in notebooks/11_train_on_gpu.ipynb.
-    """
-    saved_info, saved_cfg, now_cfg = ckpt.get("model_info") or {}, ckpt["train_config"], _lists(asdict(cfg))
-    pairs = {f"model.{k}": (_lists(saved_info.get(k)), _lists(model_info.get(k)))
-             for k in ("num_classes", "class_names", "category_ids") if k == "num_classes" or k in model_info}
-    saved_model, now_model = saved_info.get("config") or {}, model_info["config"] or {}
-    pairs |= {f"model.config.{k}": (saved_model.get(k), now_model.get(k)) for k in {*saved_model, *now_model}}
-    pairs |= {f"dataset.{k}": (ckpt["dataset"][k], v) for k, v in fingerprint.items()
-              if k in ckpt["dataset"]}  # annotations_sha256: not in checkpoints written before it was added
-    pairs |= {f"train_config.{k}": (saved_cfg.get(k), v) for k, v in now_cfg.items()
-              if k not in FREE_FIELDS + SCHEDULE_FIELDS}
-    differ = [f"  {name}: {saved!r} -> {now!r}" for name, (saved, now) in sorted(pairs.items()) if saved != now]
-    if cfg.steps < ckpt["step"]:
-        differ.append(f"  train_config.steps: {cfg.steps} is below the checkpoint's step {ckpt['step']}")
-    if differ:
-        raise ValueError(f"cannot resume from {path}: it was written for another model, data set or training "
-                         f"setup (saved -> now):\n" + "\n".join(differ) +
-                         "\nStart a fresh run (resume=False, another out_dir) or restore the original settings")
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -479,24 +243,20 @@ def evaluate(model, dataset, device=None, batch_size: int = 8, iou_types=IOU_TYP
     every process returns the same metrics.
     """
     device = torch.device(device) if device is not None else default_device()
-    bare = unwrap(model)
     world, rank = get_world_size(), get_rank()
     sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
     category_ids = dataset.category_ids if category_ids is None else category_ids
     with _autocast(device, amp):
-        results, image_ids = predict_dataset(bare, loader, device, category_ids)
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (results, image_ids))
-        results, image_ids = merge_results(gathered)  # the sampler pads with repeated images: each image once
-    metrics = [coco_evaluate(dataset.coco, results, iou_types, image_ids, verbose) if rank == 0 else None]
-    if world > 1:
-        dist.broadcast_object_list(metrics, src=0)
-    return metrics[0]
+        results, image_ids = predict_dataset(unwrap(model), loader, device, category_ids)
+    if world > 1:  # the sampler pads with repeated images: merge_results keeps each image once
+        results, image_ids = merge_results(gather_objects((results, image_ids)))
+    metrics = coco_evaluate(dataset.coco, results, iou_types, image_ids, verbose) if rank == 0 else None
+    return broadcast_object(metrics)
 
 
 def _autocast(device: torch.device, amp: bool):
+    """Mixed precision on CUDA (bf16 where supported, else fp16) when amp; a no-op context elsewhere."""
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp and device.type == "cuda")
 
@@ -509,177 +269,219 @@ class TrainResult:
     metrics: dict | None = None  # the last evaluation (None when no validation set)
 
 
-def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _check_plain(name: str, value) -> None:
-    """Refuse `value` unless torch.load(weights_only=True) can read it back (tensors and plain data only)."""
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    buffer.seek(0)
-    try:
-        torch.load(buffer, weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = next((line for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[-1])
-        raise TypeError(f"{name} must hold only tensors and plain data (str, int, float, bool, None, lists, tuples, "
-                        f"dicts) so that checkpoints load with weights_only=True; it holds {detail.strip()}") from None
-
-
-def _resume(ckpt_path: Path, model, optimizer, scaler, cfg: TrainConfig, info: dict, fingerprint: dict) -> int:
-    """Load the checkpoint into model, optimiser, scaler and the generators after `check_resumable`; its step."""
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must be CPU tensors (a GPU run's too);
-    # load_state_dict copies the weights and optimiser state to the parameters' device
-    check_resumable(ckpt, cfg, info, fingerprint, ckpt_path)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt["scaler"]:  # empty when written without fp16 scaling (CPU, bf16)
-        scaler.load_state_dict(ckpt["scaler"])
-    set_rng_states(ckpt["rng"])
-    return ckpt["step"]
-
-
 def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device=None, resume: bool = False,
           model_info: dict | None = None, stop_at: int | None = None, on_log=None) -> TrainResult:
     """Train `model` (torchvision call convention: model(images, targets) -> dict of losses) on `train_set`.
 
     out_dir: where checkpoint.pt, metrics.jsonl and loss_curve.png go (None: nothing written, no resume).
     resume: continue from out_dir/checkpoint.pt when it exists (a fresh run when it does not). The checkpoint must
-    match the current run: same model config and num_classes, same training set (number of images and digest of
-    its `.image_ids`), same TrainConfig except the free fields (`FREE_FIELDS`: logging, evaluation and checkpoint
-    frequency, workers, ...) and the schedule fields (`SCHEDULE_FIELDS`), whose changes are honoured: the rate of
-    step t is always cfg.lr * WarmupSchedule(cfg)(t) with the current cfg, so e.g. resuming a cosine run of 1000
-    steps at its end with steps=2000 re-spans the decay over 2000 steps (the rate goes back up to half the peak at
-    step 1000 and decays to 0 at step 2000; never 0 for the added steps). Anything else is refused (ValueError).
+    match the current run (checkpoints.check_resumable): same model config and num_classes, same training set
+    (number of images and digests of its `.image_ids` and annotations), same TrainConfig except the free fields
+    (`checkpoints.FREE_FIELDS`: logging, evaluation and checkpoint frequency, workers, ...) and the schedule fields
+    (`checkpoints.SCHEDULE_FIELDS`), whose changes are honoured: the rate of step t is always
+    cfg.lr * WarmupSchedule(cfg)(t) with the current cfg, so e.g. resuming a cosine run of 1000 steps at its end with
+    steps=2000 re-spans the decay over 2000 steps (the rate goes back up to half the peak at step 1000 and decays to
+    0 at step 2000; never 0 for the added steps). Anything else is refused (ValueError).
     resume=False starts fresh whatever out_dir holds: at its first checkpoint it REPLACES out_dir's checkpoint.pt
     and metrics.jsonl (until then the old run's files stay intact); refusing a used out_dir is the caller's choice.
     model_info: extra plain data saved in the checkpoint (class_names and category_ids default to train_set's
     attributes); the model's full config and num_classes are added from the model itself (`describe_model`), so
-    that `model_from_checkpoint` can rebuild it.
+    that `checkpoints.model_from_checkpoint` can rebuild it.
     stop_at: stop after this step although the schedule spans cfg.steps (simulates an interrupted run).
     on_log(record): called on rank 0 with every metrics record (e.g. a live plot in a notebook).
     Built in notebooks/11_train_on_gpu.ipynb.
     """
-    rank, world, _ = init_distributed()
+    init_distributed()
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir else None
-    if out_dir and rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    info = {"class_names": getattr(train_set, "class_names", None),
-            "category_ids": getattr(train_set, "category_ids", None), **(model_info or {}), **describe_model(model)}
-    _check_plain("model_info", info)
-    fingerprint = dataset_fingerprint(train_set)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, cfg)
-    schedule = WarmupSchedule(cfg)
-    use_fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-
-    step, resumed = 0, resume and ckpt_path is not None and ckpt_path.is_file()
-    if resumed:
-        step = _resume(ckpt_path, model, optimizer, scaler, cfg, info, fingerprint)
-    metrics_file = MetricsFile(out_dir / METRICS_NAME if out_dir and rank == 0 else None, step if resumed else None)
-    history = list(metrics_file.records) if metrics_file.path else []
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters)
-
-    def log(record):
-        history.append(record)
-        if rank != 0:
-            return
-        metrics_file.append(record)
-        if on_log:
-            on_log(record)
-
-    def checkpoint():
-        if ckpt_path is not None and rank == 0:
-            save_checkpoint(ckpt_path, format_version=FORMAT_VERSION, step=step, model=model.state_dict(),
-                            optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
-                            train_config=_lists(asdict(cfg)), dataset=fingerprint,
-                            world_size=world, model_info=info)
-            metrics_file.commit()
-        if world > 1:
-            dist.barrier()
-
-    def run_eval():
-        metrics = evaluate(model, val_set, device, cfg.eval_batch_size, amp=cfg.amp, num_workers=cfg.num_workers)
-        log({"step": step, "eval": {t: {k: v for k, v in m.items() if k != "per_class"} for t, m in metrics.items()}})
-        return metrics
-
+    run = _Run(model, train_set, cfg, out_dir, device, model_info, on_log)  # optimiser, scaler, run files
+    if resume:
+        run.resume()
+    run.start()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, max(end, step), rank, world)
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, run.step, max(end, run.step), run.rank,
+                               run.world)
     loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=end, initial=step, disable=not cfg.progress or rank != 0, desc="train", dynamic_ncols=True)
-    running, nonfinite, metrics = {}, 0, None
-    t_last, step_last = time.perf_counter(), step
+    progress = _Progress(run.step, end, enabled=cfg.progress and run.rank == 0)
+    metrics = None
     model.train()
     for images, targets in loader:
-        torch.manual_seed(_mix(cfg.seed, step, rank))  # the model's sampling depends only on (seed, step, rank)
-        lr = cfg.lr * schedule(step)
-        for group in optimizer.param_groups:
+        lr, losses, finite = run.optimise(images, targets)
+        progress.update(losses, finite)
+        if run.step % cfg.log_every == 0 or run.step == end:
+            run.log_losses(lr, losses, run.step // sampler.steps_per_epoch)
+        if val_set is not None and cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+            metrics = run.evaluate(val_set)
+            model.train()
+        if run.step % cfg.checkpoint_every == 0 or run.step == end:
+            run.checkpoint()
+    progress.close()
+    if val_set is not None and run.step == cfg.steps:
+        metrics = run.evaluate(val_set)
+    run.plot_losses()
+    return TrainResult(step=run.step, history=run.history, metrics=metrics)
+
+
+class _Run:
+    """The state of one training run and the named steps `train` takes with it.
+
+    Holds the model (and its DDP wrapper), the optimiser, the fp16 grad scaler, the step reached, the metrics
+    history and the run's files in out_dir (written by rank 0). Built by `train`, which owns the loop.
+    """
+
+    def __init__(self, model, train_set, cfg: TrainConfig, out_dir, device: torch.device, model_info, on_log):
+        self.model, self.cfg, self.device, self.on_log = model, cfg, device, on_log
+        self.rank, self.world = get_rank(), get_world_size()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
+        if self.out_dir and self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.info = {"class_names": getattr(train_set, "class_names", None),
+                     "category_ids": getattr(train_set, "category_ids", None), **(model_info or {}),
+                     **describe_model(model)}
+        check_plain("model_info", self.info)
+        self.fingerprint = dataset_fingerprint(train_set)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = _make_optimizer(self.params, cfg)
+        self.schedule = WarmupSchedule(cfg)
+        use_fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()  # bf16 needs no scaling
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+        self.step, self.resumed, self.nonfinite = 0, False, 0
+
+    # ---- resume
+    def resume(self) -> None:
+        """Continue from the checkpoint, when there is one: weights, optimiser, scaler, generators, step
+        (after checkpoints.check_resumable). A fresh run otherwise."""
+        if self.ckpt_path is None or not self.ckpt_path.is_file():
+            return
+        ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")  # RNG states must be CPU tensors (a GPU run's
+        # too); load_state_dict copies the weights and optimiser state to the parameters' device
+        check_resumable(ckpt, self.cfg, self.info, self.fingerprint, self.ckpt_path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"]:  # empty when written without fp16 scaling (CPU, bf16)
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_states(ckpt["rng"])
+        self.step, self.resumed = ckpt["step"], True
+
+    def start(self) -> None:
+        """Open the run's metrics.jsonl (rank 0; a resumed run keeps its records up to the checkpoint as its history),
+        wrap the model for the processes, start the speed clock."""
+        path = self.out_dir / METRICS_NAME if self.out_dir and self.rank == 0 else None
+        self.metrics_file = MetricsFile(path, self.step if self.resumed else None)
+        self.history = list(self.metrics_file.records) if self.metrics_file.path else []
+        self.net = wrap(self.model, self.device, self.cfg.find_unused_parameters)
+        self.t_last, self.step_last = time.perf_counter(), self.step
+
+    # ---- one step
+    def optimise(self, images, targets) -> tuple[float, dict[str, float], bool]:
+        """One optimiser step on a batch -> (its learning rate, {"loss": the total, loss name: value, ...} averaged
+        over the processes, whether they were finite). A non-finite loss skips the step with a warning;
+        cfg.max_nonfinite of them in a row stop the run.
+        """
+        cfg, device = self.cfg, self.device
+        torch.manual_seed(_mix(cfg.seed, self.step, self.rank))  # the model's sampling: a function of seed, step, rank
+        lr = cfg.lr * self.schedule(self.step)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = [img.to(device, non_blocking=True) for img in images]
         targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
         with _autocast(device, cfg.amp):
-            losses = net(images, targets)
+            losses = self.net(images, targets)
         names = sorted(losses)
-        values = torch.stack([losses[k].detach().float() for k in names])
-        if world > 1:
-            dist.all_reduce(values)
-            values /= world
+        values = mean_over_processes(torch.stack([losses[k].detach().float() for k in names]))  # (L,)
         loss = sum(losses.values())
         finite = bool(torch.isfinite(values).all())
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         if finite:
-            scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward()
             if cfg.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            nonfinite = 0
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.nonfinite = 0
         else:
-            nonfinite += 1
-            bad = {k: float(v) for k, v in zip(names, values)}
-            warnings.warn(f"step {step}: non-finite loss {bad}; step skipped ({nonfinite} in a row)", RuntimeWarning)
-            if nonfinite >= cfg.max_nonfinite:
-                raise FloatingPointError(
-                    f"{nonfinite} non-finite losses in a row (last at step {step}: {bad}); lower the learning rate "
-                    f"(now {lr:g}), raise warm-up or check the data")
-        step += 1
+            self._skip_nonfinite(dict(zip(names, values.tolist())), lr)
+        self.step += 1
+        return lr, {"loss": float(values.sum()), **dict(zip(names, values.tolist()))}, finite
+
+    def _skip_nonfinite(self, bad: dict[str, float], lr: float) -> None:
+        self.nonfinite += 1
+        warnings.warn(f"step {self.step}: non-finite loss {bad}; step skipped ({self.nonfinite} in a row)",
+                      RuntimeWarning)
+        if self.nonfinite >= self.cfg.max_nonfinite:
+            raise FloatingPointError(
+                f"{self.nonfinite} non-finite losses in a row (last at step {self.step}: {bad}); lower the learning "
+                f"rate (now {lr:g}), raise warm-up or check the data")
+
+    # ---- log, evaluate, checkpoint
+    def log(self, record: dict) -> None:
+        """Keep a metrics record; rank 0 appends it to metrics.jsonl and hands it to on_log."""
+        self.history.append(record)
+        if self.rank != 0:
+            return
+        self.metrics_file.append(record)
+        if self.on_log:
+            self.on_log(record)
+
+    def log_losses(self, lr: float, losses: dict[str, float], epoch: int) -> None:
+        """The loss record of the current step, with the speed since the previous one (images/s, all processes)."""
+        now = time.perf_counter()
+        images_per_s = (self.step - self.step_last) * self.cfg.batch_size * self.world / max(now - self.t_last, 1e-9)
+        self.log({"step": self.step, "epoch": epoch, "lr": lr, **losses, "images_per_s": images_per_s})
+        self.t_last, self.step_last = now, self.step
+
+    def evaluate(self, val_set) -> dict:
+        """COCO metrics on val_set (every process takes part); their summary is logged."""
+        cfg = self.cfg
+        metrics = evaluate(self.model, val_set, self.device, cfg.eval_batch_size, amp=cfg.amp,
+                           num_workers=cfg.num_workers)
+        self.log({"step": self.step,
+                  "eval": {t: {k: v for k, v in m.items() if k != "per_class"} for t, m in metrics.items()}})
+        return metrics
+
+    def checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint (atomically) and commits metrics.jsonl up to it; the others wait for it."""
+        if self.ckpt_path is not None and self.rank == 0:
+            save_checkpoint(self.ckpt_path, format_version=FORMAT_VERSION, step=self.step,
+                            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                            scaler=self.scaler.state_dict(), rng=rng_states(), train_config=as_lists(asdict(self.cfg)),
+                            dataset=self.fingerprint, world_size=self.world, model_info=self.info)
+            self.metrics_file.commit()
+        barrier()
+
+    def plot_losses(self) -> None:
+        """loss_curve.png of the whole history (rank 0)."""
+        if self.out_dir and self.rank == 0 and self.history:
+            save_loss_plot(self.history, self.out_dir / LOSS_PLOT_NAME)
+
+
+def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class _Progress:
+    """The tqdm progress bar (rank 0): steps, and exponential moving averages of the finite losses."""
+
+    def __init__(self, start: int, end: int, enabled: bool):
+        self.bar = tqdm(total=end, initial=start, disable=not enabled, desc="train", dynamic_ncols=True)
+        self.running = {}
+
+    def update(self, losses: dict[str, float], finite: bool) -> None:
+        """One step done; losses as _Run.optimise returns them (the total "loss" shows as the sum of the averages)."""
         if finite:
-            for k, v in zip(names, values.tolist()):  # exponential moving averages for the progress bar
-                running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
-        bar.update(1)
-        if running:
-            bar.set_postfix(loss=f"{sum(running.values()):.3f}", **{k.removeprefix("loss_")[:8]: f"{v:.3f}"
-                                                                   for k, v in running.items()})
-        if step % cfg.log_every == 0 or step == end:
-            now = time.perf_counter()
-            record = {"step": step, "epoch": step // sampler.steps_per_epoch, "lr": lr,
-                      "loss": float(values.sum()), **{k: float(v) for k, v in zip(names, values)},
-                      "images_per_s": (step - step_last) * cfg.batch_size * world / max(now - t_last, 1e-9)}
-            log(record)
-            t_last, step_last = now, step
-        if val_set is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            metrics = run_eval()
-            model.train()
-        if step % cfg.checkpoint_every == 0 or step == end:
-            checkpoint()
-    bar.close()
-    if val_set is not None and step == cfg.steps:
-        metrics = run_eval()
-    if out_dir and rank == 0 and history:
-        save_loss_plot(history, out_dir / LOSS_PLOT_NAME)
-    return TrainResult(step=step, history=history, metrics=metrics)
+            for k, v in losses.items():
+                if k != "loss":
+                    self.running[k] = v if k not in self.running else 0.9 * self.running[k] + 0.1 * v
+        self.bar.update(1)
+        if self.running:
+            self.bar.set_postfix(loss=f"{sum(self.running.values()):.3f}",
+                                 **{k.removeprefix("loss_")[:8]: f"{v:.3f}" for k, v in self.running.items()})
+
+    def close(self) -> None:
+        self.bar.close()

@@ -23,21 +23,11 @@ from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import LEVEL_NAMES, NORMS, STAGES_PER_DEPTH, build_backbone
-from minimaskrcnn.boxes import clip_boxes, decode_boxes
 from minimaskrcnn.masks import paste_masks_in_image
-from minimaskrcnn.roi_heads import (
-    BoxPredictor,
-    MaskHead,
-    MaskPredictor,
-    RoIHeads,
-    TwoMLPHead,
-    mask_probabilities,
-    postprocess_detections,
-    sample_proposals,
-)
+from minimaskrcnn.roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, sample_proposals
 from minimaskrcnn.roi_ops import MultiScaleRoIAlign
-from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, flatten_predictions
-from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_geometry, resize_to
+from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, filter_proposals
+from minimaskrcnn.transforms import preprocess, resize_boxes, resize_geometry
 
 
 def _int(lo: float = 1, hi: float = math.inf):
@@ -185,17 +175,33 @@ class MaskRCNNConfig:
 
 
 PRESETS: dict[str, MaskRCNNConfig] = {
-    # torchvision's maskrcnn_resnet50_fpn: loads its converted weights (minimaskrcnn.weights.from_torchvision).
+    # torchvision's maskrcnn_resnet50_fpn: loads its converted weights (minimaskrcnn.weights.from_torchvision), and is
+    # what `train --weights coco|imagenet` fine-tunes (frozen batch norm needs pretrained statistics).
     "r50_fpn": MaskRCNNConfig(),
+    # The same ResNet-50-FPN trained from scratch on the 256-px shapes (notebook 11's GPU mode): trainable GroupNorm
+    # instead of frozen batch norm (random weights have no statistics to freeze), every stage trained, the images
+    # kept at 256 px and anchors halved to the small objects, and fewer proposals and sampled RoIs than the
+    # reference: a shapes image holds ~3.5 objects, and on a GPU the per-image proposal and RoI work (NMS, sampling,
+    # many small kernels) sets the pace of a step, not the convolutions.
+    "r50_fpn_gn": MaskRCNNConfig(
+        backbone_norm="gn",
+        trainable_layers=5,
+        min_size=256,
+        max_size=256,
+        anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
+        rpn_pre_nms_top_n_train=600,
+        rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_train=300,
+        rpn_post_nms_top_n_test=300,
+        box_batch_size_per_image=128,
+    ),
     # CPU training from scratch on 128-pixel shapes images (`make train`): a narrow ResNet-18 with trainable GroupNorm,
-    # small FPN, thin heads. Tuned on the shapes data (objects 5..42 px, median 23, boxes nearly square; ~3.5 per image):
-    # three anchor sizes per level 2^(1/3) apart from 12 px and one ratio (27% of the objects without an anchor of
-    # IoU >= 0.7, against 85% for one size 8..128 px and three ratios: notebook 01); few proposals and sampled RoIs, half
-    # of them positive (the RoI heads and NMS dominate a CPU step; more positives train the classifier faster).
-    # The 128-px images are upsampled to 192 px: P2 then has 1.5x finer cells on the small objects. Measured with
-    # `make train`'s schedule, then with SGD (one run each, seed 0): mask AP 0.527 / AP50 0.786 at 128 px, 0.642 /
-    # 0.877 at 192 px, 0.656 / 0.895 at 256 px; a step at 192 px costs ~1.2x one at 128 px, at 256 px ~1.6x (too slow
-    # for 10 minutes). make train now uses AdamW (minimaskrcnn/__main__.py).
+    # small FPN, thin heads. Tuned on the shapes data (objects 5..42 px, median 23, boxes nearly square; ~3.5 per
+    # image): three anchor sizes per level 2^(1/3) apart from 12 px and one ratio leave far fewer objects without an
+    # anchor of IoU >= 0.7 than one size per level and three ratios (notebook 01 measures it); few proposals and
+    # sampled RoIs, half of them positive (the RoI heads and NMS dominate a CPU step; more positives train the
+    # classifier faster). The 128-px images are upsampled to 192 px: P2 then has 1.5x finer cells on the small
+    # objects, which pays for the dearer step (BENCHMARKS.md: the input-size comparison).
     "tiny": MaskRCNNConfig(
         backbone_depth=18,
         backbone_norm="gn",
@@ -218,6 +224,40 @@ PRESETS: dict[str, MaskRCNNConfig] = {
         mask_dim_reduced=64,
         channels_last=True,
     ),
+}
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How `python -m minimaskrcnn train --preset NAME` trains a preset when the command line does not say.
+
+    The optimiser fields are engine.TrainConfig's; the last three size the synthetic data of `--data shapes`.
+    """
+
+    steps: int  # optimiser steps of the run
+    batch_size: int  # images per step and process
+    optimizer: str  # "sgd" (with momentum) or "adamw"
+    lr: float  # peak learning rate, after the warm-up
+    weight_decay: float  # L2 penalty (SGD) or decoupled decay rate (AdamW)
+    warmup_steps: int  # linear warm-up length
+    num_train: int  # --data shapes: training images generated when data/shapes has none
+    num_val: int  # ... validation images
+    image_size: int  # ... their side in pixels
+
+
+# Each preset's training recipe, next to its model (one name, one model, one recipe).
+PRESET_TRAINING: dict[str, TrainingRecipe] = {
+    # torchvision's fine-tuning tutorial's schedule (Penn-Fudan: 10 epochs of 60 steps of 2 images), for the
+    # reference model started from the COCO or ImageNet weights (train --weights)
+    "r50_fpn": TrainingRecipe(steps=600, batch_size=2, optimizer="sgd", lr=0.005, weight_decay=5e-4, warmup_steps=60,
+                              num_train=5000, num_val=500, image_size=256),
+    # notebook 11's GPU run: from scratch with SGD, a longer warm-up for the random weights
+    "r50_fpn_gn": TrainingRecipe(steps=1400, batch_size=8, optimizer="sgd", lr=0.02, weight_decay=1e-4,
+                                 warmup_steps=200, num_train=1000, num_val=200, image_size=256),
+    # `make train` on a 2-core CPU in about 10 minutes: AdamW, which learns the from-scratch box classifier much
+    # sooner than SGD (BENCHMARKS.md has both)
+    "tiny": TrainingRecipe(steps=2000, batch_size=4, optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100,
+                           num_train=400, num_val=100, image_size=128),
 }
 
 
@@ -408,30 +448,24 @@ class MaskRCNN(nn.Module):
             self.to(memory_format=torch.channels_last)  # conv weights (O, I, k, k) stored as (O, k, k, I)
 
     def transform(self, images: list[Tensor], targets: list[dict] | None = None):
-        """Normalise, resize and pad: -> (batch Tensor[N, 3, Hp, Wp], image_sizes [(H', W')], resized targets).
-
-        Images of any float dtype are first cast to the weights' dtype (float32 unless the model was converted).
-        """
+        """Normalise, resize and pad (transforms.preprocess): -> (batch Tensor[N, 3, Hp, Wp], image_sizes [(H', W')],
+        resized targets). Images of any float dtype are first cast to the weights' dtype (float32 unless the model
+        was converted)."""
         cfg = self.cfg
         dtype = next(self.parameters()).dtype
-        resized_images, resized_targets = [], []
-        for i, image in enumerate(images):
-            target = None if targets is None else targets[i]
-            image = normalize(image.to(dtype), cfg.image_mean, cfg.image_std)
-            image, target = resize_to(image, target, cfg.min_size, cfg.max_size)
-            resized_images.append(image)
-            resized_targets.append(target)
-        batch, image_sizes = batch_images(resized_images, cfg.size_divisible)
+        batch, image_sizes, targets = preprocess([image.to(dtype) for image in images], targets, cfg.image_mean,
+                                                 cfg.image_std, cfg.min_size, cfg.max_size, cfg.size_divisible)
         if cfg.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)  # (N, 3, Hp, Wp) with (N, Hp, Wp, 3) strides
-        return batch, image_sizes, (None if targets is None else resized_targets)
+        return batch, image_sizes, targets
 
     def postprocess(self, detections: list[dict], image_sizes: list, original_sizes: list) -> list[dict]:
-        """Map detections from the resized images back to the originals: rescale boxes, paste masks."""
+        """Map detections from the resized images back to the originals (new dicts): rescale boxes, paste masks."""
+        mapped = []
         for det, size, original in zip(detections, image_sizes, original_sizes):
-            det["boxes"] = resize_boxes(det["boxes"], size, original)
-            det["masks"] = paste_masks_in_image(det["masks"], det["boxes"], original)
-        return detections
+            boxes = resize_boxes(det["boxes"], size, original)
+            mapped.append({**det, "boxes": boxes, "masks": paste_masks_in_image(det["masks"], boxes, original)})
+        return mapped
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         check_images(images, self.cfg)
@@ -480,40 +514,35 @@ class MaskRCNN(nn.Module):
             if targets is not None:
                 stages["target"] = targets[0]  # boxes and masks in the resized frame, like stages["image"]
             features = self.backbone(batch)
-            levels = list(features.values())
             stages["features"] = features
-            anchors = self.rpn.anchor_generator(tuple(batch.shape[-2:]), [f.shape[-2:] for f in levels], batch.device)
-            stages["anchors"] = anchors
-            objectness, _ = flatten_predictions(*self.rpn.head(levels))  # (1, sum H_l*W_l*A)
-            stages["objectness"] = list(objectness[0].sigmoid().split([len(a) for a in anchors]))
+            # the RPN's own steps, once each: head + anchors + decoding (predict), then filtering (as its forward)
+            rpn = self.rpn
+            anchors, level_sizes, objectness, _, decoded = rpn.predict(list(features.values()), tuple(batch.shape[-2:]))
+            stages["anchors"] = list(anchors.split(level_sizes))
+            stages["objectness"] = list(objectness[0].sigmoid().split(level_sizes))  # (1, T) -> per level
             if targets is not None:
-                stages["anchor_labels"], _ = assign_targets(torch.cat(anchors), targets[0]["boxes"], self.rpn.matcher)
-            proposals, _ = self.rpn(levels, image_sizes, tuple(batch.shape[-2:]), None)
+                stages["anchor_labels"], _ = assign_targets(anchors, targets[0]["boxes"], rpn.matcher)
+            proposals, _ = filter_proposals(decoded, objectness, level_sizes, image_sizes, rpn.pre_nms_top_n(),
+                                            rpn.post_nms_top_n(), rpn.nms_thresh, rpn.min_size, rpn.score_thresh)
             stages["proposals"] = proposals[0]
             heads = self.roi_heads
             if targets is not None:
                 sampled = sample_proposals(proposals, targets, heads.matcher, heads.sampler, heads.box_coder_weights)
                 stages["sampled_rois"], stages["sampled_labels"] = sampled.rois[0], sampled.labels[0]
-            class_logits, box_regression = heads.box_forward(features, proposals, image_sizes)
-            stages["class_probs"] = class_logits.softmax(-1)
-            refined = decode_boxes(box_regression, proposals[0], heads.box_coder_weights)
-            stages["refined_boxes"] = clip_boxes(refined.reshape(len(refined), self.num_classes, 4), size)  # (P, (K+1)*4) -> (P, K+1, 4)
-            boxes, scores, labels = postprocess_detections(
-                class_logits, box_regression, proposals, image_sizes, heads.box_coder_weights,
-                heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
-            )
-            stages["detections"] = {"boxes": boxes[0], "labels": labels[0], "scores": scores[0]}
-            mask_probs = mask_probabilities(heads.mask_forward(features, boxes, image_sizes), labels)
-            stages["mask_probs"] = mask_probs[0]
-            result = [{"boxes": boxes[0], "labels": labels[0], "scores": scores[0], "masks": mask_probs[0]}]
-            stages["result"] = self.postprocess(result, image_sizes, [tuple(image.shape[-2:])])[0]
+            detected = heads.detect(features, proposals, image_sizes)  # the heads' one inference path
+            stages["class_probs"], stages["refined_boxes"] = detected["class_probs"][0], detected["refined_boxes"][0]
+            (detection,) = detected["detections"]
+            stages["detections"] = {k: detection[k] for k in ("boxes", "labels", "scores")}
+            stages["mask_probs"] = detection["masks"]
+            stages["result"] = self.postprocess(detected["detections"], image_sizes, [tuple(image.shape[-2:])])[0]
         finally:
             self.train(was_training)
         return stages
 
 
 def build_model(preset: str = "tiny", num_classes: int = 91, **overrides) -> MaskRCNN:
-    """A MaskRCNN from a named preset ("tiny", "r50_fpn"), with any config field overridden by keyword.
+    """A MaskRCNN from a named preset (PRESETS: "tiny", "r50_fpn", "r50_fpn_gn"), with any config field overridden by
+    keyword.
 
     num_classes includes the background, as torchvision: 91 for COCO, len(dataset.class_names) for a CocoDataset.
     """

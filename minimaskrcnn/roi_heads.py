@@ -140,6 +140,65 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+DETECTION_MIN_SIZE = 1e-2  # detections narrower or shorter than this (pixels) are dropped, as in the reference
+
+
+def decode_predictions(
+    class_logits: Tensor,
+    box_regression: Tensor,
+    proposals: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    box_coder_weights: tuple[float, float, float, float],
+) -> tuple[list[Tensor], list[Tensor]]:
+    """What the box head says about each RoI, per image: its class probabilities and its box refined for every class.
+
+    class_logits: Tensor[R, K+1], box_regression: Tensor[R, (K+1)*4], proposals: [Tensor[R_i, 4]],
+    image_sizes: [(h, w)] -> (probs [Tensor[R_i, K+1]] softmax, boxes [Tensor[R_i, K+1, 4]] each class's deltas
+    decoded on the RoI and clipped to the image). Both in float32 under autocast.
+    """
+    num_classes = class_logits.shape[-1]
+    boxes_per_image = [len(p) for p in proposals]
+    rois = torch.cat(proposals) if proposals else class_logits.new_zeros((0, 4))
+    pred_boxes = decode_boxes(box_regression, rois, box_coder_weights)  # float32 under autocast, as the scores
+    pred_boxes = pred_boxes.reshape(len(rois), num_classes, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
+    pred_scores = F.softmax(upcast(class_logits), -1)
+    boxes = [clip_boxes(b, size) for b, size in zip(pred_boxes.split(boxes_per_image), image_sizes)]
+    return list(pred_scores.split(boxes_per_image)), boxes
+
+
+def select_detections(
+    probs: list[Tensor],
+    boxes: list[Tensor],
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+    min_size: float = DETECTION_MIN_SIZE,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Keep the confident, distinct (RoI, class) pairs of each image as its detections.
+
+    probs: [Tensor[R_i, K+1]], boxes: [Tensor[R_i, K+1, 4]] (decode_predictions) -> (boxes [Tensor[D_i, 4]],
+    scores [Tensor[D_i]], labels [Tensor[D_i] int64 in 1..K]). Every (RoI, class) pair but the background is a
+    candidate; scores <= score_thresh and boxes smaller than min_size are dropped; NMS per class; the
+    detections_per_img best are kept, sorted by decreasing score.
+    """
+    all_boxes, all_scores, all_labels = [], [], []
+    for image_boxes, scores in zip(boxes, probs):
+        labels = torch.arange(scores.shape[-1], device=scores.device).view(1, -1).expand_as(scores)
+        # drop the background column, then every (RoI, class) pair is a candidate
+        image_boxes = image_boxes[:, 1:].reshape(-1, 4)  # (R_i, K, 4) -> (R_i*K, 4)
+        scores = scores[:, 1:].reshape(-1)  # (R_i, K) -> (R_i*K,)
+        labels = labels[:, 1:].reshape(-1)
+        keep = torch.where(scores > score_thresh)[0]
+        image_boxes, scores, labels = image_boxes[keep], scores[keep], labels[keep]
+        keep = remove_small_boxes(image_boxes, min_size)
+        image_boxes, scores, labels = image_boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(image_boxes, scores, labels, nms_thresh)[:detections_per_img]
+        all_boxes.append(image_boxes[keep])
+        all_scores.append(scores[keep])
+        all_labels.append(labels[keep])
+    return all_boxes, all_scores, all_labels
+
+
 def postprocess_detections(
     class_logits: Tensor,
     box_regression: Tensor,
@@ -149,43 +208,20 @@ def postprocess_detections(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
-    min_size: float = 1e-2,
+    min_size: float = DETECTION_MIN_SIZE,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Turn the box head's outputs into final detections, per image.
+    """Turn the box head's outputs into final detections, per image: decode_predictions, then select_detections.
 
     class_logits: Tensor[R, K+1], box_regression: Tensor[R, (K+1)*4], proposals: [Tensor[R_i, 4]],
     image_sizes: [(h, w)] -> (boxes [Tensor[D_i, 4]], scores [Tensor[D_i]], labels [Tensor[D_i] int64 in 1..K]).
 
     Chain: softmax over classes; decode each class's deltas on its RoI; clip to the image; every (RoI, class)
     pair but the background becomes a candidate; drop scores <= score_thresh and boxes smaller than min_size;
-    NMS per class; keep the detections_per_img best (sorted by decreasing score).
+    NMS per class; keep the detections_per_img best (sorted by decreasing score). The defaults are the reference's
+    (the signature of notebook 07's exercise); RoIHeads passes its model's config.
     """
-    num_classes = class_logits.shape[-1]
-    boxes_per_image = [len(p) for p in proposals]
-    rois = torch.cat(proposals) if proposals else class_logits.new_zeros((0, 4))
-    pred_boxes = decode_boxes(box_regression, rois, box_coder_weights)  # float32 under autocast, as the scores
-    pred_boxes = pred_boxes.reshape(len(rois), num_classes, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
-    pred_scores = F.softmax(upcast(class_logits), -1)
-
-    all_boxes, all_scores, all_labels = [], [], []
-    for boxes, scores, size in zip(
-        pred_boxes.split(boxes_per_image), pred_scores.split(boxes_per_image), image_sizes
-    ):
-        boxes = clip_boxes(boxes, size)
-        labels = torch.arange(num_classes, device=class_logits.device).view(1, -1).expand_as(scores)
-        # drop the background column, then every (RoI, class) pair is a candidate
-        boxes = boxes[:, 1:].reshape(-1, 4)  # (R_i, K, 4) -> (R_i*K, 4)
-        scores = scores[:, 1:].reshape(-1)  # (R_i, K) -> (R_i*K,)
-        labels = labels[:, 1:].reshape(-1)
-        keep = torch.where(scores > score_thresh)[0]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = remove_small_boxes(boxes, min_size)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-        all_boxes.append(boxes[keep])
-        all_scores.append(scores[keep])
-        all_labels.append(labels[keep])
-    return all_boxes, all_scores, all_labels
+    probs, boxes = decode_predictions(class_logits, box_regression, proposals, image_sizes, box_coder_weights)
+    return select_detections(probs, boxes, score_thresh, nms_thresh, detections_per_img, min_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,9 +293,11 @@ class RoIHeads(nn.Module):
     """Box and mask heads on top of the pooled proposals.
 
     box_roi_pool / mask_roi_pool: callables (features dict, boxes [Tensor[R_i, 4]], image_sizes) ->
-    Tensor[R, C, S, S] (MultiScaleRoIAlign). forward(features, proposals, image_sizes, targets) -> (detections
-    [{boxes, labels, scores, masks Tensor[D_i, 1, M, M] probabilities}] in eval, [] in training; losses
-    {"loss_classifier", "loss_box_reg", "loss_mask"} in training, {} in eval).
+    Tensor[R, C, S, S] (MultiScaleRoIAlign). The settings are keyword-only and have no defaults: MaskRCNN passes its
+    MaskRCNNConfig's (box_* fields), the one place their values are defined.
+    forward(features, proposals, image_sizes, targets) -> (detections [{boxes, labels, scores, masks Tensor[D_i, 1,
+    M, M] probabilities}] in eval, [] in training; losses {"loss_classifier", "loss_box_reg", "loss_mask"} in
+    training, {} in eval). Inference is `detect`, which also returns its intermediates.
     """
 
     def __init__(
@@ -270,14 +308,15 @@ class RoIHeads(nn.Module):
         mask_roi_pool: nn.Module,
         mask_head: nn.Module,
         mask_predictor: nn.Module,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.5,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
-        box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
+        *,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        box_coder_weights: tuple[float, float, float, float],
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
     ):
         super().__init__()
         self.box_roi_pool, self.box_head, self.box_predictor = box_roi_pool, box_head, box_predictor
@@ -295,34 +334,50 @@ class RoIHeads(nn.Module):
         """Pool, mask head, predictor: -> mask_logits Tensor[R, K+1, M, M]."""
         return self.mask_predictor(self.mask_head(pool_outside_autocast(self.mask_roi_pool, features, rois, image_sizes)))
 
+    def predict_masks(self, features: dict, boxes: list[Tensor], labels: list[Tensor], image_sizes: list
+                      ) -> list[Tensor]:
+        """The mask of each box for its class: boxes [Tensor[D_i, 4]], labels [Tensor[D_i]] -> [Tensor[D_i, 1, M, M]]
+        probabilities (the sigmoid of the class's channel). Detections at inference; any boxes (e.g. ground truth)."""
+        return mask_probabilities(self.mask_forward(features, boxes, image_sizes), labels)
+
+    def detect(self, features: dict, proposals: list[Tensor], image_sizes: list) -> dict:
+        """Inference, keeping what each step computed; per image (lists of length N):
+
+        {"class_probs": [Tensor[P_i, K+1]], "refined_boxes": [Tensor[P_i, K+1, 4]] (every class's box, clipped),
+        "detections": [{"boxes" Tensor[D_i, 4], "labels" Tensor[D_i], "scores" Tensor[D_i],
+        "masks" Tensor[D_i, 1, M, M] probabilities}]}, in the resized images' coordinates.
+        forward (eval), MaskRCNN.inspect and the notebooks' explorers all take their detections from here.
+        """
+        class_logits, box_regression = self.box_forward(features, proposals, image_sizes)
+        probs, refined = decode_predictions(class_logits, box_regression, proposals, image_sizes,
+                                            self.box_coder_weights)
+        boxes, scores, labels = select_detections(probs, refined, self.score_thresh, self.nms_thresh,
+                                                  self.detections_per_img)
+        masks = self.predict_masks(features, boxes, labels, image_sizes)
+        detections = [{"boxes": b, "labels": lab, "scores": s, "masks": m}
+                      for b, lab, s, m in zip(boxes, labels, scores, masks)]
+        return {"class_probs": probs, "refined_boxes": refined, "detections": detections}
+
+    def losses(self, features: dict, proposals: list[Tensor], image_sizes: list, targets: list[dict]) -> dict:
+        """Training: sample RoIs, then the classifier, box-regression and mask losses -> {"loss_classifier",
+        "loss_box_reg", "loss_mask"}."""
+        sampled = sample_proposals(proposals, targets, self.matcher, self.sampler, self.box_coder_weights)
+        class_logits, box_regression = self.box_forward(features, sampled.rois, image_sizes)
+        labels = torch.cat(sampled.labels)
+        losses = {
+            "loss_classifier": classifier_loss(class_logits, labels),
+            "loss_box_reg": box_regression_loss(box_regression, labels, torch.cat(sampled.regression_targets)),
+        }
+        pos_rois, pos_labels, pos_matched = positive_rois(sampled)
+        mask_logits = self.mask_forward(features, pos_rois, image_sizes)
+        size = mask_logits.shape[-1]
+        targets_m = [mask_targets(t["masks"], r, m, size) for t, r, m in zip(targets, pos_rois, pos_matched)]
+        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(pos_labels), torch.cat(targets_m))
+        return losses
+
     def forward(self, features: dict, proposals: list[Tensor], image_sizes: list, targets: list[dict] | None = None):
         if self.training:
             if targets is None:
                 raise ValueError("RoIHeads in training mode needs targets")
-            sampled = sample_proposals(proposals, targets, self.matcher, self.sampler, self.box_coder_weights)
-            class_logits, box_regression = self.box_forward(features, sampled.rois, image_sizes)
-            labels = torch.cat(sampled.labels)
-            losses = {
-                "loss_classifier": classifier_loss(class_logits, labels),
-                "loss_box_reg": box_regression_loss(box_regression, labels, torch.cat(sampled.regression_targets)),
-            }
-            pos_rois, pos_labels, pos_matched = positive_rois(sampled)
-            mask_logits = self.mask_forward(features, pos_rois, image_sizes)
-            size = mask_logits.shape[-1]
-            targets_m = [
-                mask_targets(t["masks"], r, m, size) for t, r, m in zip(targets, pos_rois, pos_matched)
-            ]
-            losses["loss_mask"] = mask_loss(mask_logits, torch.cat(pos_labels), torch.cat(targets_m))
-            return [], losses
-
-        class_logits, box_regression = self.box_forward(features, proposals, image_sizes)
-        boxes, scores, labels = postprocess_detections(
-            class_logits, box_regression, proposals, image_sizes, self.box_coder_weights,
-            self.score_thresh, self.nms_thresh, self.detections_per_img,
-        )
-        mask_logits = self.mask_forward(features, boxes, image_sizes)
-        masks = mask_probabilities(mask_logits, labels)
-        detections = [
-            {"boxes": b, "labels": lab, "scores": s, "masks": m} for b, lab, s, m in zip(boxes, labels, scores, masks)
-        ]
-        return detections, {}
+            return [], self.losses(features, proposals, image_sizes, targets)
+        return self.detect(features, proposals, image_sizes)["detections"], {}

@@ -1,12 +1,13 @@
 """Transforms: what happens to an image (and its boxes and masks) between the dataset and the backbone.
 
-Built in notebooks/00_data.ipynb (dataset side) and used by model.MaskRCNN.transform (model side).
-
-Two kinds live here.
-- Dataset side, for augmentation: `Compose`, `Resize`, `RandomHorizontalFlip`. Each is a callable
-  (image, target) -> (image, target) that keeps boxes and masks aligned with the pixels.
-- Model side, functional, exactly as torchvision's GeneralizedRCNNTransform does it (so that torchvision weights
-  see the same inputs): `normalize`, `resize_to`, `batch_images`, `resize_boxes`.
+Two kinds live here, in two sections.
+- Model side: the preprocessing every image gets inside the model (MaskRCNN.transform calls `preprocess`):
+  `normalize`, `resize_to`, `batch_images`, and `resize_boxes` to map detections back. Functional, and exactly as
+  torchvision's GeneralizedRCNNTransform does it, so that torchvision weights see the same inputs.
+  Built in notebooks/00_data.ipynb.
+- Dataset side: augmentation and preparation of training data, `Compose`, `Resize`, `RandomHorizontalFlip`. Each is
+  a callable (image, target) -> (image, target) that keeps boxes and masks aligned with the pixels, passed to
+  CocoDataset(transforms=...). Built in notebooks/00_data.ipynb.
 
 Shape glossary
     N      number of images in a batch, or of instances in one image's target
@@ -21,7 +22,7 @@ from torch import Tensor
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model side (functional)
+# Model side: the model's preprocessing (functional)
 # ----------------------------------------------------------------------------------------------------------------
 def _check_image(image, where: str) -> None:
     if not isinstance(image, Tensor) or image.dim() != 3:
@@ -114,8 +115,26 @@ def batch_images(images: list[Tensor], size_divisible: int = 32):
     return batch, [(int(image.shape[1]), int(image.shape[2])) for image in images]
 
 
+def preprocess(images: list[Tensor], targets: list[dict] | None, mean, std, min_size: float, max_size: float,
+               size_divisible: int):
+    """The model's preprocessing: each image normalised, then resized (its target's boxes and masks follow), then
+    all of them padded into one batch -- the order of torchvision's GeneralizedRCNNTransform.
+
+    images: [Tensor[3, H_i, W_i]] float; targets: one dict per image, or None -> (batch Tensor[N, 3, Hp, Wp],
+    image_sizes [(H'_i, W'_i)] before padding, resized targets or None). Inputs are not modified.
+    """
+    resized_images, resized_targets = [], []
+    for i, image in enumerate(images):
+        image, target = resize_to(normalize(image, mean, std), None if targets is None else targets[i], min_size,
+                                  max_size)
+        resized_images.append(image)
+        resized_targets.append(target)
+    batch, image_sizes = batch_images(resized_images, size_divisible)
+    return batch, image_sizes, (None if targets is None else resized_targets)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Dataset side (callables (image, target) -> (image, target))
+# Dataset side: augmentation, callables (image, target) -> (image, target)
 # ----------------------------------------------------------------------------------------------------------------
 class Compose:
     """Apply transforms one after the other: Compose([Resize(96, 160), RandomHorizontalFlip(0.5)])."""

@@ -2,11 +2,11 @@
 
 Built in notebooks/10_full_model.ipynb.
 
-`build_model("r50_fpn", 91)` has the same layers as torchvision's `maskrcnn_resnet50_fpn`. Our modules took
-torchvision's attribute names on purpose (conv1, layer3.2.bn1, fpn.inner_blocks.0.0, rpn.head.conv.0.0, ...), so
-today every row of `NAME_TABLE` maps a name to itself and the conversion only drops torchvision's batch counters.
-The table is kept as the one place that says what each parameter is and where it lives in both models; renaming
-a module of ours means editing its row, and the tests check that the table covers both state dicts exactly:
+`build_model("r50_fpn", 91)` has the same layers as torchvision's `maskrcnn_resnet50_fpn`, under the same names: our
+modules took torchvision's attribute names on purpose (conv1, layer3.2.bn1, fpn.inner_blocks.0.0, rpn.head.conv.0.0,
+...). Converting a state dict therefore renames nothing; it checks every key against `KEY_PATTERNS` (the layout of
+a Mask R-CNN state dict: what each parameter is and where it lives) and drops or adds torchvision's batch counters;
+the tests check that the patterns cover both state dicts exactly:
 
     from_torchvision(their_state_dict) -> our state dict   (loads into build_model("r50_fpn", 91), strict)
     to_torchvision(our_state_dict)     -> their state dict (loads into torchvision's model, strict)
@@ -36,77 +36,57 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from minimaskrcnn.engine import unpickling_refusal
+from minimaskrcnn.checkpoints import unpickling_refusal
 
 # ---------------------------------------------------------------------------------------------------------------
-# The name table. {s} {b} {i} are integers, {p} a parameter / buffer name (weight, bias, running_mean, ...).
-# A row whose "our name" is None is dropped on the way in: torchvision's BatchNorm2d counts the batches it has
-# seen (num_batches_tracked); our FrozenBatchNorm2d never updates, so it has no such counter.
+# The layout of a Mask R-CNN state dict, in both libraries' names. {s} {b} {i} are integers, {p} a parameter / buffer
+# name (weight, bias, running_mean, ...). torchvision's BatchNorm2d also counts the batches it has seen
+# (num_batches_tracked); our FrozenBatchNorm2d never updates, so it has no such counter.
 # ---------------------------------------------------------------------------------------------------------------
-NAME_TABLE: list[tuple[str, str | None]] = [
-    # torchvision                                         minimaskrcnn
+KEY_PATTERNS: list[str] = [
     # ResNet-50 stem
-    ("backbone.body.conv1.weight",                         "backbone.body.conv1.weight"),
-    ("backbone.body.bn1.{p}",                              "backbone.body.bn1.{p}"),
+    "backbone.body.conv1.weight",
+    "backbone.body.bn1.{p}",
     # bottleneck blocks: layer{s} (s = 1..4) block {b}
-    ("backbone.body.layer{s}.{b}.conv{i}.weight",          "backbone.body.layer{s}.{b}.conv{i}.weight"),
-    ("backbone.body.layer{s}.{b}.bn{i}.{p}",               "backbone.body.layer{s}.{b}.bn{i}.{p}"),
-    ("backbone.body.layer{s}.{b}.downsample.0.weight",     "backbone.body.layer{s}.{b}.downsample.0.weight"),
-    ("backbone.body.layer{s}.{b}.downsample.1.{p}",        "backbone.body.layer{s}.{b}.downsample.1.{p}"),
+    "backbone.body.layer{s}.{b}.conv{i}.weight",
+    "backbone.body.layer{s}.{b}.bn{i}.{p}",
+    "backbone.body.layer{s}.{b}.downsample.0.weight",
+    "backbone.body.layer{s}.{b}.downsample.1.{p}",
     # FPN: 1x1 lateral convs and 3x3 output convs, level i = 0..3 (C2..C5 -> P2..P5)
-    ("backbone.fpn.inner_blocks.{i}.0.{p}",                "backbone.fpn.inner_blocks.{i}.0.{p}"),
-    ("backbone.fpn.layer_blocks.{i}.0.{p}",                "backbone.fpn.layer_blocks.{i}.0.{p}"),
+    "backbone.fpn.inner_blocks.{i}.0.{p}",
+    "backbone.fpn.layer_blocks.{i}.0.{p}",
     # RPN head: shared 3x3 conv, objectness logits (A), box deltas (4A)
-    ("rpn.head.conv.0.0.{p}",                              "rpn.head.conv.0.0.{p}"),
-    ("rpn.head.cls_logits.{p}",                            "rpn.head.cls_logits.{p}"),
-    ("rpn.head.bbox_pred.{p}",                             "rpn.head.bbox_pred.{p}"),
+    "rpn.head.conv.0.0.{p}",
+    "rpn.head.cls_logits.{p}",
+    "rpn.head.bbox_pred.{p}",
     # box head: two FC 1024 (TwoMLPHead), predictor (K+1 scores, (K+1)*4 deltas)
-    ("roi_heads.box_head.fc6.{p}",                         "roi_heads.box_head.fc6.{p}"),
-    ("roi_heads.box_head.fc7.{p}",                         "roi_heads.box_head.fc7.{p}"),
-    ("roi_heads.box_predictor.cls_score.{p}",              "roi_heads.box_predictor.cls_score.{p}"),
-    ("roi_heads.box_predictor.bbox_pred.{p}",              "roi_heads.box_predictor.bbox_pred.{p}"),
+    "roi_heads.box_head.fc6.{p}",
+    "roi_heads.box_head.fc7.{p}",
+    "roi_heads.box_predictor.cls_score.{p}",
+    "roi_heads.box_predictor.bbox_pred.{p}",
     # mask head: four 3x3 convs (i = 0..3), 2x2 transposed conv, 1x1 to K+1 mask logits
-    ("roi_heads.mask_head.{i}.0.{p}",                      "roi_heads.mask_head.{i}.0.{p}"),
-    ("roi_heads.mask_predictor.conv5_mask.{p}",            "roi_heads.mask_predictor.conv5_mask.{p}"),
-    ("roi_heads.mask_predictor.mask_fcn_logits.{p}",       "roi_heads.mask_predictor.mask_fcn_logits.{p}"),
+    "roi_heads.mask_head.{i}.0.{p}",
+    "roi_heads.mask_predictor.conv5_mask.{p}",
+    "roi_heads.mask_predictor.mask_fcn_logits.{p}",
 ]
 BATCH_COUNTER = "num_batches_tracked"
 
 
 def _regex(pattern: str) -> re.Pattern:
-    """'a.{s}.b' -> a regex with one named group per placeholder; {p} is any name, the others integers."""
-    parts = re.split(r"\{(\w)\}", pattern)  # literal, name, literal, name, ..., literal
-    out = []
-    for k, part in enumerate(parts):
-        if k % 2 == 0:
-            out.append(re.escape(part))
-        else:
-            out.append(f"(?P<{part}>\\w+)" if part == "p" else f"(?P<{part}>\\d+)")
-    return re.compile("".join(out) + r"\Z")
+    """'a.{s}.b' -> a regex of the whole key: {p} any name, the other placeholders integers."""
+    parts = re.split(r"\{(\w)\}", pattern)  # literal, placeholder, literal, placeholder, ..., literal
+    return re.compile("".join(re.escape(part) if k % 2 == 0 else (r"\w+" if part == "p" else r"\d+")
+                              for k, part in enumerate(parts)) + r"\Z")
 
 
-_THEIRS = [(_regex(theirs), ours) for theirs, ours in NAME_TABLE]
-_OURS = [(_regex(ours), theirs) for theirs, ours in NAME_TABLE]
+_KEYS = [_regex(pattern) for pattern in KEY_PATTERNS]
 
 
-def their_name_to_ours(name: str) -> str | None:
-    """One torchvision key -> our key; None for keys we drop (num_batches_tracked). KeyError if unknown."""
-    if name.endswith("." + BATCH_COUNTER):
-        return None
-    for regex, ours in _THEIRS:
-        match = regex.match(name)
-        if match:
-            return ours.format(**match.groupdict())
-    raise KeyError(f"torchvision key {name!r} matches no row of minimaskrcnn.weights.NAME_TABLE")
-
-
-def our_name_to_theirs(name: str) -> str:
-    """One of our keys -> torchvision's key. KeyError if unknown."""
-    for regex, theirs in _OURS:
-        match = regex.match(name)
-        if match:
-            return theirs.format(**match.groupdict())
-    raise KeyError(f"minimaskrcnn key {name!r} matches no row of minimaskrcnn.weights.NAME_TABLE")
+def check_key(name: str, whose: str) -> None:
+    """KeyError naming `name` (a key of `whose` state dict) unless it is a key of the Mask R-CNN layout."""
+    if not any(regex.match(name) for regex in _KEYS):
+        raise KeyError(f"{whose} key {name!r} is not part of a Mask R-CNN state dict "
+                       "(minimaskrcnn.weights.KEY_PATTERNS)")
 
 
 def from_torchvision(state_dict: dict[str, Tensor]) -> "OrderedDict[str, Tensor]":
@@ -114,20 +94,20 @@ def from_torchvision(state_dict: dict[str, Tensor]) -> "OrderedDict[str, Tensor]
 
     Works for both of torchvision's flavours: the published weights (FrozenBatchNorm2d, no batch counters) and
     a freshly built `maskrcnn_resnet50_fpn(weights=None)` (BatchNorm2d with num_batches_tracked, dropped here).
-    Tensors are shared, not copied.
+    The names are the same; a key outside the layout is a KeyError naming it. Tensors are shared, not copied.
     """
     if not isinstance(state_dict, dict):
         raise TypeError(f"from_torchvision expects a state dict (dict of tensors), got {type(state_dict).__name__}")
     out = OrderedDict()
     for name, value in state_dict.items():
-        ours = their_name_to_ours(name)
-        if ours is not None:
-            out[ours] = value
+        if not name.endswith("." + BATCH_COUNTER):
+            check_key(name, "torchvision")
+            out[name] = value
     return out
 
 
 def to_torchvision(state_dict: dict[str, Tensor], num_batches_tracked: bool = False) -> "OrderedDict[str, Tensor]":
-    """Our state dict -> torchvision's names (the reverse of from_torchvision).
+    """Our state dict -> torchvision's (the reverse of from_torchvision; a key outside the layout is a KeyError).
 
     num_batches_tracked=True adds a zero batch counter after every norm layer's running_var, as a
     torchvision model built with weights=None (plain BatchNorm2d) has; torchvision's published files have none.
@@ -136,16 +116,11 @@ def to_torchvision(state_dict: dict[str, Tensor], num_batches_tracked: bool = Fa
         raise TypeError(f"to_torchvision expects a state dict (dict of tensors), got {type(state_dict).__name__}")
     out = OrderedDict()
     for name, value in state_dict.items():
-        theirs = our_name_to_theirs(name)
-        out[theirs] = value
-        if num_batches_tracked and theirs.endswith(".running_var"):
-            out[theirs[: -len("running_var")] + BATCH_COUNTER] = torch.tensor(0, dtype=torch.long)
+        check_key(name, "minimaskrcnn")
+        out[name] = value
+        if num_batches_tracked and name.endswith(".running_var"):
+            out[name[: -len("running_var")] + BATCH_COUNTER] = torch.tensor(0, dtype=torch.long)
     return out
-
-
-def name_pairs(their_names) -> list[tuple[str, str | None]]:
-    """The table applied to concrete names: [(their name, our name or None)], e.g. to print or to search."""
-    return [(name, their_name_to_ours(name)) for name in their_names]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,7 +233,7 @@ def load_pretrained(name: str, cache_dir: str | os.PathLike | None = None) -> "O
 
 def resnet_from_torchvision(state_dict: dict[str, Tensor]) -> "OrderedDict[str, Tensor]":
     """torchvision ResNet state dict (conv1.weight, layer1.0.bn1.running_mean, ..., fc.weight) -> our names inside
-    `model.backbone.body`, through the same NAME_TABLE rows as the detector's backbone (the ImageNet classifier
+    `model.backbone.body`, checked against the same KEY_PATTERNS as the detector's backbone (the ImageNet classifier
     `fc` and the batch counters are dropped). KeyError for a key that is not part of a ResNet.
     """
     if not isinstance(state_dict, dict):

@@ -12,8 +12,10 @@ import torch
 from minimaskrcnn import engine
 from minimaskrcnn.__main__ import main, parse_override
 from minimaskrcnn.data import make_shapes
-from minimaskrcnn.engine import CHECKPOINT_NAME, LOSS_PLOT_NAME, load_checkpoint
+from minimaskrcnn.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from minimaskrcnn.engine import LOSS_PLOT_NAME
 from minimaskrcnn.evaluation import METRIC_NAMES
+from minimaskrcnn.model import PRESET_TRAINING, PRESETS, build_model
 
 FAST = ["--steps", "2", "--batch-size", "2", "--warmup-steps", "1", "--log-every", "1", "--no-progress",
         "--override", "min_size=64", "--override", "max_size=64", "--device", "cpu"]
@@ -131,6 +133,19 @@ def test_config_values_and_misfitting_weights_are_refused_before_any_work(tmp_pa
     with pytest.raises(SystemExit, match="only with --data shapes"):
         main(["train", "--data", "mine", "--num-train", "3"])
     assert listing(tmp_path) == [] and training == []
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_a_preset_trains_its_model_with_its_recipe(preset, shapes, tmp_path, training):
+    """train --preset NAME trains build_model(NAME)'s model (no hidden overrides) on PRESET_TRAINING[NAME]'s
+    schedule."""
+    main(["train", "--preset", preset, "--data", str(shapes), "--out", str(tmp_path / "run"), "--batch-size", "2"])
+    (call,) = training
+    recipe = PRESET_TRAINING[preset]
+    assert call.model.cfg == build_model(preset, 2).cfg == PRESETS[preset]
+    assert (call.cfg.steps, call.cfg.optimizer, call.cfg.lr, call.cfg.weight_decay, call.cfg.warmup_steps) == (
+        recipe.steps, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.warmup_steps)
+    assert call.cfg.batch_size == 2  # the command line wins over the recipe
 
 
 # ------------------------------------------------------------------------------------------------- data and layouts

@@ -1,19 +1,16 @@
-"""Engine: schedule, checkpoints, resume equality, non-finite losses, 2-process gloo run, SIGKILL then resume;
-checkpoint safety (plain data only, refused payloads and old formats, disk full), self-describing checkpoints,
-resume checks (other model / data / setup refused, schedule changes honoured) and the old run's metrics kept.
+"""Engine: schedule, checkpoints of a run, resume equality, non-finite losses, 2-process gloo run, SIGKILL then resume;
+a checkpoint that would run code refused on every path, self-describing checkpoints, resume checks (other model /
+data / setup refused, schedule changes honoured) and the old run's metrics kept. The checkpoint file on its own
+(formats, disk full, fingerprints): tests/test_checkpoints.py; the generators' states: tests/test_utils.py.
 
 The engine is model-agnostic (torchvision call convention), so these tests use a toy detector that trains in
 milliseconds; tests/test_cli.py runs the real tiny Mask R-CNN end to end. The toy's source is written to a file so
 that subprocesses (torchrun, the killed run) import exactly the same code.
 """
 import dataclasses
-import errno
 import importlib.util
-import io
-import json
 import os
 import pathlib
-import random
 import re
 import signal
 import subprocess
@@ -25,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimaskrcnn import engine
+from minimaskrcnn import checkpoints, engine
 from minimaskrcnn.engine import StepBatchSampler, TrainConfig, WarmupSchedule
 
 TOY_SOURCE = '''
@@ -33,7 +30,7 @@ import contextlib, io, sys
 import torch
 from torch import nn
 from pycocotools.coco import COCO
-from minimaskrcnn import engine
+from minimaskrcnn import distributed, engine
 
 
 class ToyDetector(nn.Module):
@@ -103,7 +100,7 @@ def run(out_dir, steps, resume, delay=0.0):
     model = Slow()
     result = engine.train(model, ToyDataset(), config(steps=steps, checkpoint_every=1), out_dir=out_dir,
                           val_set=ToyDataset(), resume=resume)
-    if engine.get_rank() == 0:
+    if distributed.get_rank() == 0:
         torch.save({"state": model.state_dict(), "metrics": result.metrics, "step": result.step},
                    f"{out_dir}/final_rank0.pt")
 
@@ -121,6 +118,13 @@ def toy(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def subprocess_env(tmp_path):
+    """The environment of a subprocess that imports the toy module from tmp_path and the very minimaskrcnn this test
+    imported (the checkout under test, not whichever one is installed)."""
+    package_root = pathlib.Path(engine.__file__).resolve().parents[1]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), str(package_root)])}
 
 
 def run_group(cmd, env, timeout=240):
@@ -169,8 +173,8 @@ def test_checkpoint_round_trip(toy, tmp_path):
     torch.manual_seed(0)
     model = toy.ToyDetector()
     engine.train(model, toy.ToyDataset(), toy.config(steps=4), out_dir=tmp_path / "run")
-    ckpt = engine.load_checkpoint(tmp_path / "run" / engine.CHECKPOINT_NAME)
-    assert ckpt["step"] == 4 and ckpt["format_version"] == engine.FORMAT_VERSION
+    ckpt = checkpoints.load_checkpoint(tmp_path / "run" / checkpoints.CHECKPOINT_NAME)
+    assert ckpt["step"] == 4 and ckpt["format_version"] == checkpoints.FORMAT_VERSION
     assert set(ckpt) >= {"model", "optimizer", "scaler", "rng", "train_config", "dataset", "model_info"}
     fresh = toy.ToyDetector()
     fresh.load_state_dict(ckpt["model"])
@@ -188,7 +192,7 @@ def test_checkpoint_round_trip(toy, tmp_path):
     schedule = WarmupSchedule(toy.config(steps=4))  # the rate of the step that ended at record step s
     assert [r["lr"] for r in records] == pytest.approx([0.05 * schedule(1), 0.05 * schedule(3)])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        engine.load_checkpoint(tmp_path / "missing.pt")
+        checkpoints.load_checkpoint(tmp_path / "missing.pt")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -201,7 +205,7 @@ def test_resume_gives_the_same_weights(toy, tmp_path, optimizer):
     first = toy.ToyDetector()
     assert engine.train(first, toy.ToyDataset(), cfg, out_dir=tmp_path / "b", stop_at=5).step == 5
     assert not same_weights(straight, first)
-    state = engine.load_checkpoint(tmp_path / "b" / engine.CHECKPOINT_NAME)["optimizer"]["state"][0]
+    state = checkpoints.load_checkpoint(tmp_path / "b" / checkpoints.CHECKPOINT_NAME)["optimizer"]["state"][0]
     assert set(state) == ({"momentum_buffer"} if optimizer == "sgd" else {"step", "exp_avg", "exp_avg_sq"})
     torch.manual_seed(123)  # a new process would start from other weights and another RNG state
     resumed = toy.ToyDetector()
@@ -224,13 +228,13 @@ def test_nonfinite_loss_skips_the_step_then_stops(toy):
 
 
 def test_two_process_gloo_run(toy, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    env = subprocess_env(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(tmp_path / "toy_engine.py"), str(tmp_path / "ddp"), "6", "fresh", "0"]
     res = run_group(cmd, env)
     assert res.returncode == 0, res.stderr[-3000:]
     out = torch.load(tmp_path / "ddp" / "final_rank0.pt", weights_only=True)
-    assert out["step"] == 6 and engine.load_checkpoint(tmp_path / "ddp" / engine.CHECKPOINT_NAME)["step"] == 6
+    assert out["step"] == 6 and checkpoints.load_checkpoint(tmp_path / "ddp" / checkpoints.CHECKPOINT_NAME)["step"] == 6
     # rank 0 evaluated all 12 images gathered from both processes: the same AP as one process evaluating the model
     model = toy.ToyDetector()
     model.load_state_dict(out["state"])
@@ -242,11 +246,11 @@ def test_two_process_gloo_run(toy, tmp_path):
 
 def test_sigkill_mid_run_then_resume_finishes(toy, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    env = subprocess_env(tmp_path)
     script = str(tmp_path / "toy_engine.py")
     proc = subprocess.Popen([sys.executable, script, str(out), "40", "fresh", "0.05"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = out / engine.CHECKPOINT_NAME
+    ckpt = out / checkpoints.CHECKPOINT_NAME
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -254,7 +258,7 @@ def test_sigkill_mid_run_then_resume_finishes(toy, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = engine.load_checkpoint(ckpt)["step"]  # the last checkpoint is complete and loadable
+    killed_at = checkpoints.load_checkpoint(ckpt)["step"]  # the last checkpoint is complete and loadable
     assert 1 <= killed_at < 40
     res = run_group([sys.executable, script, str(out), "40", "resume", "0"], env)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -278,29 +282,14 @@ class Payload:
         return pathlib.Path.write_text, (self.marker, "code ran")
 
 
-def test_rng_states_are_plain_data_and_restore_every_generator():
-    buffer = io.BytesIO()
-    torch.save(engine.rng_states(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    draw = lambda: (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random())  # noqa: E731
-    first = draw()
-    assert draw() != first
-    engine.set_rng_states(saved)
-    assert draw() == first
-    if not torch.cuda.is_available():  # written on a GPU, resumed on a CPU: the CUDA states are skipped
-        engine.set_rng_states({**saved, "cuda": [torch.zeros(16, dtype=torch.uint8)]})
-        assert draw() == first
-
-
 def test_checkpoint_that_would_run_code_is_refused(toy, tmp_path):
     run, marker = tmp_path / "run", tmp_path / "marker"
     engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=2), out_dir=run)
-    path = run / engine.CHECKPOINT_NAME
-    ckpt = engine.load_checkpoint(path)
+    path = run / checkpoints.CHECKPOINT_NAME
+    ckpt = checkpoints.load_checkpoint(path)
     ckpt["model_info"]["note"] = Payload(marker)
     torch.save(ckpt, path)
-    calls = [lambda: engine.load_checkpoint(path), lambda: engine.model_from_checkpoint(path),
+    calls = [lambda: checkpoints.load_checkpoint(path), lambda: checkpoints.model_from_checkpoint(path),
              lambda: engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=4), out_dir=run, resume=True)]
     for call in calls:
         with pytest.raises(ValueError, match="pathlib.*could run code"):
@@ -310,47 +299,11 @@ def test_checkpoint_that_would_run_code_is_refused(toy, tmp_path):
     assert marker.read_text() == "code ran"
 
 
-def test_old_format_and_foreign_files_are_refused(tmp_path):
-    old = tmp_path / "old.pt"  # what minimaskrcnn wrote before format 2
-    torch.save({"model": {}, "step": 3, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
-                "model_info": {"preset": "tiny", "num_classes": 3, "overrides": {}}}, old)
-    with pytest.raises(ValueError, match="older version of minimaskrcnn"):
-        engine.load_checkpoint(old)
-    plain = tmp_path / "weights.pt"
-    torch.save({"conv.weight": torch.zeros(1)}, plain)
-    with pytest.raises(ValueError, match="format_version: None"):
-        engine.model_from_checkpoint(plain)
-    text = tmp_path / "notes.pt"
-    for content, why in (("not a checkpoint", r" \(Unsupported operand 110\)"), ("", ": the file is empty")):
-        text.write_text(content)
-        with pytest.raises(ValueError, match=f"^{text} is not a readable checkpoint{why}$"):
-            engine.load_checkpoint(text)
-
-
 def test_model_info_must_be_plain_data(toy, tmp_path):
     with pytest.raises(TypeError, match="model_info.*numpy"):
         engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=2), out_dir=tmp_path / "run",
                      model_info={"category_ids": [np.int64(0), np.int64(1)]})
-    assert not (tmp_path / "run" / engine.CHECKPOINT_NAME).exists()
-
-
-def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / engine.CHECKPOINT_NAME
-    engine.save_checkpoint(path, format_version=engine.FORMAT_VERSION, step=1)
-
-    def full_disk(obj, f):
-        f.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="previous checkpoint .* left intact") as err:
-        engine.save_checkpoint(path, format_version=engine.FORMAT_VERSION, step=2)
-    assert err.value.errno == errno.ENOSPC
-    with pytest.raises(OSError, match="no checkpoint was written"):
-        engine.save_checkpoint(tmp_path / "new.pt", step=2)
-    monkeypatch.undo()
-    assert engine.load_checkpoint(path)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [engine.CHECKPOINT_NAME]  # no temporary file left
+    assert not (tmp_path / "run" / checkpoints.CHECKPOINT_NAME).exists()
 
 
 # ------------------------------------------------------------------------------------ self-describing checkpoints
@@ -367,7 +320,7 @@ def test_model_from_checkpoint_rebuilds_the_full_config(tmp_path, monkeypatch):
                  device="cpu", model_info={"preset": "tiny"})
     # the meaning of a preset may change; the checkpoint does not depend on it
     monkeypatch.setitem(model_module.PRESETS, "tiny", model_module.MaskRCNNConfig(backbone_depth=101))
-    rebuilt, ckpt = engine.model_from_checkpoint(tmp_path / "run" / engine.CHECKPOINT_NAME)
+    rebuilt, ckpt = checkpoints.model_from_checkpoint(tmp_path / "run" / checkpoints.CHECKPOINT_NAME)
     assert rebuilt.cfg == model.cfg and rebuilt.num_classes == model.num_classes == 5 and not rebuilt.training
     assert rebuilt.cfg.anchor_sizes == ((8,), (16,), (32,), (64,), (128,))  # tuples restored
     assert same_weights(model, rebuilt)
@@ -378,24 +331,6 @@ def test_model_from_checkpoint_rebuilds_the_full_config(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ resume checks
-def test_the_dataset_fingerprint_sees_edited_annotations(tmp_path):
-    from minimaskrcnn.data import CocoDataset, make_shapes
-
-    annotations = make_shapes(tmp_path / "shapes", 2, image_size=64)
-    before = engine.dataset_fingerprint(CocoDataset(annotations.parent / "images", annotations))
-    data = json.loads(annotations.read_text())
-    data["annotations"][0]["category_id"] = data["annotations"][0]["category_id"] % 4 + 1  # the same images
-    annotations.write_text(json.dumps(data))
-    after = engine.dataset_fingerprint(CocoDataset(annotations.parent / "images", annotations))
-    assert before["image_ids_sha256"] == after["image_ids_sha256"]
-    assert len(after["annotations_sha256"]) == 64 and before["annotations_sha256"] != after["annotations_sha256"]
-    cfg = TrainConfig(steps=2)
-    info = {"config": None, "num_classes": None}
-    ckpt = {"step": 1, "train_config": engine._lists(dataclasses.asdict(cfg)), "model_info": info, "dataset": before}
-    with pytest.raises(ValueError, match="dataset.annotations_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
-        engine.check_resumable(ckpt, cfg, info, after)
-    del ckpt["dataset"]["annotations_sha256"]  # a checkpoint written before annotations were fingerprinted
-    engine.check_resumable(ckpt, cfg, info, after)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +348,7 @@ def test_resume_refuses_another_model_data_or_setup(toy, tmp_path):
         return model
 
     engine.train(toy_model(), toy.ToyDataset(), toy.config(), out_dir=run, stop_at=4)
-    saved = (run / engine.CHECKPOINT_NAME).read_bytes()
+    saved = (run / checkpoints.CHECKPOINT_NAME).read_bytes()
     refused = {"model.config.width: 4 -> 8": (toy_model(width=8), toy.ToyDataset(), toy.config()),
                "model.config.sizes: [1, 2] -> [1, 3]": (toy_model(sizes=(1, 3)), toy.ToyDataset(), toy.config()),
                "dataset.num_images: 12 -> 9": (toy_model(), toy.ToyDataset(9), toy.config()),
@@ -423,14 +358,14 @@ def test_resume_refuses_another_model_data_or_setup(toy, tmp_path):
     for message, (model, data, cfg) in refused.items():
         with pytest.raises(ValueError, match=re.escape(message)):
             engine.train(model, data, cfg, out_dir=run, resume=True)
-    assert (run / engine.CHECKPOINT_NAME).read_bytes() == saved  # nothing trained, nothing written
+    assert (run / checkpoints.CHECKPOINT_NAME).read_bytes() == saved  # nothing trained, nothing written
     data = toy.ToyDataset()
     data.image_ids = list(range(12))
     with pytest.raises(ValueError, match=r"dataset.image_ids_sha256: None -> '[0-9a-f]{64}'"):
         engine.train(toy_model(), data, toy.config(), out_dir=run, resume=True)
-    ckpt = engine.load_checkpoint(run / engine.CHECKPOINT_NAME)  # as if written on a GPU: resumable on a CPU too
+    ckpt = checkpoints.load_checkpoint(run / checkpoints.CHECKPOINT_NAME)  # as if written on a GPU: resumable on a CPU
     ckpt["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
-    engine.save_checkpoint(run / engine.CHECKPOINT_NAME, **ckpt)
+    checkpoints.save_checkpoint(run / checkpoints.CHECKPOINT_NAME, **ckpt)
     # logging, evaluation and checkpoint frequencies, workers and the progress bar may change
     free = toy.config(log_every=3, checkpoint_every=5, eval_every=7, eval_batch_size=2, progress=False)
     assert engine.train(toy_model(), toy.ToyDataset(), free, out_dir=run, resume=True).step == 12
@@ -466,7 +401,7 @@ def test_fresh_run_keeps_the_old_run_until_its_first_checkpoint(toy, tmp_path):
         engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(log_every=1, checkpoint_every=4),
                      out_dir=run, on_log=die_at_step_3)
     assert engine.read_metrics(run / engine.METRICS_NAME) == old
-    assert engine.load_checkpoint(run / engine.CHECKPOINT_NAME)["step"] == 4
+    assert checkpoints.load_checkpoint(run / checkpoints.CHECKPOINT_NAME)["step"] == 4
     seen = []
     engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=6, log_every=1, checkpoint_every=4),
                  out_dir=run, on_log=lambda r: seen.append(engine.read_metrics(run / engine.METRICS_NAME)))

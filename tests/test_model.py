@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from minimaskrcnn.boxes import decode_boxes
-from minimaskrcnn.model import _CONFIG_RULES, PRESETS, MaskRCNN, MaskRCNNConfig, build_model
+from minimaskrcnn.model import (_CONFIG_RULES, PRESET_TRAINING, PRESETS, MaskRCNN, MaskRCNNConfig, TrainingRecipe,
+                                build_model)
 from minimaskrcnn.roi_heads import postprocess_detections
 from minimaskrcnn.rpn import RPN_BOX_WEIGHTS
 
@@ -64,6 +65,18 @@ def test_every_config_field_is_commented():
     for name in MaskRCNNConfig.__dataclass_fields__:
         line = next(ln for ln in body.splitlines() if ln.strip().startswith(f"{name}:"))
         assert "#" in line, f"config field {name} has no comment"
+
+
+def test_every_preset_has_its_training_recipe():
+    assert set(PRESET_TRAINING) == set(PRESETS) and all(isinstance(r, TrainingRecipe) for r in PRESET_TRAINING.values())
+    source = Path(__import__("minimaskrcnn.model", fromlist=["x"]).__file__).read_text()
+    body = source.split("class TrainingRecipe")[1].split("PRESET_TRAINING")[0]
+    for name in TrainingRecipe.__dataclass_fields__:
+        line = next(ln for ln in body.splitlines() if ln.strip().startswith(f"{name}:"))
+        assert "#" in line, f"recipe field {name} has no comment"
+    # r50_fpn is the reference (torchvision's defaults); the model trained from scratch differs in its norm
+    assert PRESETS["r50_fpn"] == MaskRCNNConfig()
+    assert PRESETS["r50_fpn_gn"].backbone_norm == "gn" and PRESETS["r50_fpn_gn"].backbone_depth == 50
 
 
 def test_r50_fpn_has_the_reference_parameter_shapes():
@@ -368,6 +381,21 @@ def test_inspect_returns_every_stage():
     assert (stages["sampled_labels"] == 1).any()  # the ground-truth box itself is always sampled
     d = len(stages["detections"]["boxes"])
     assert stages["mask_probs"].shape[0] == d and stages["result"]["masks"].shape == (d, 1, 64, 64)
+
+
+def test_inspect_result_is_the_models_output_and_runs_each_stage_once():
+    model = small_model().eval()  # random weights: every class scores about 1/4, well above box_score_thresh
+    image, target = shapes_image((64, 80), [("rect", 1, (8.0, 8.0, 30.0, 24.0)), ("ellipse", 3, (40, 30, 70, 58))])
+    calls = Counter()
+    for name in ("backbone", "rpn.head", "rpn.anchor_generator", "roi_heads.box_head", "roi_heads.mask_head"):
+        model.get_submodule(name).register_forward_hook(lambda *_, name=name: calls.update([name]))
+    stages = model.inspect(image, target)
+    assert set(calls.values()) == {1}, calls  # the RPN head and the anchors too: once each
+    with torch.no_grad():
+        (expected,) = model([image])
+    result = stages["result"]
+    assert len(expected["boxes"]) > 0 and list(result) == list(expected)
+    assert all(torch.equal(result[k], expected[k]) for k in expected)
 
 
 def test_inspect_returns_the_target_in_the_resized_frame():

@@ -12,10 +12,12 @@ from minimaskrcnn.roi_heads import (
     assign_targets_to_proposals,
     mask_probabilities,
     pool_outside_autocast,
+    RoIHeads,
     positive_rois,
     postprocess_detections,
     sample_proposals,
 )
+from minimaskrcnn.roi_ops import MultiScaleRoIAlign
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 70.0, 60.0]])
 PROPOSALS = torch.tensor(
@@ -172,7 +174,8 @@ def _heads_pair():
     names = ["p2", "p3", "p4", "p5"]
     ours = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(16 * 49, 32), BoxPredictor(32, 6),
                     MultiScaleRoIAlign(names, 14, 2), MaskHead(16, (16,) * 4), MaskPredictor(16, 16, 6),
-                    batch_size_per_image=64, score_thresh=0.0)
+                    fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=64, positive_fraction=0.25,
+                    box_coder_weights=(10.0, 10.0, 5.0, 5.0), score_thresh=0.0, nms_thresh=0.5, detections_per_img=100)
     theirs = tv.RoIHeads(TVPool(names, 7, 2), TVTwoMLPHead(16 * 49, 32), FastRCNNPredictor(32, 6), 0.5, 0.5, 64,
                          0.25, None, 0.0, 0.5, 100, TVPool(names, 14, 2), MaskRCNNHeads(16, [16] * 4, 1),
                          MaskRCNNPredictor(16, 16, 6))
@@ -223,3 +226,29 @@ def test_pool_outside_autocast_pools_in_float32_and_returns_the_features_dtype()
     # float32 / float64 features (no mixed precision) are passed through unchanged
     out = pool_outside_autocast(pool, {"p2": torch.ones(1, 3, 4, 4, dtype=torch.float64)}, [GT], [(80, 80)])
     assert seen["dtypes"] == {"p2": torch.float64} and out.dtype == torch.float64
+
+
+def test_detect_returns_its_intermediates_and_the_detections_follow_from_them():
+    torch.manual_seed(0)
+    names = ["p2", "p3", "p4", "p5"]
+    heads = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(8 * 49, 16), BoxPredictor(16, 4),
+                     MultiScaleRoIAlign(names, 14, 2), MaskHead(8, (8, 8)), MaskPredictor(8, 8, 4),
+                     fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=16, positive_fraction=0.25,
+                     box_coder_weights=(10.0, 10.0, 5.0, 5.0), score_thresh=0.05, nms_thresh=0.5,
+                     detections_per_img=10).eval()
+    features = {f"p{i}": torch.randn(2, 8, 64 // 2**i, 80 // 2**i) for i in range(2, 6)}
+    sizes = [(64, 80), (50, 60)]
+    rois = [torch.cat((xy := torch.rand(n, 2) * 40, xy + torch.rand(n, 2) * 20 + 2), dim=1) for n in (30, 12)]
+    with torch.no_grad():
+        out = heads.detect(features, rois, sizes)
+        detections, _ = heads(features, rois, sizes)
+    for probs, refined, det, r, (h, w) in zip(out["class_probs"], out["refined_boxes"], out["detections"], rois, sizes):
+        assert probs.shape == (len(r), 4) and refined.shape == (len(r), 4, 4)
+        torch.testing.assert_close(probs.sum(1), torch.ones(len(r)))
+        assert (refined[..., 0::2] <= w).all() and (refined[..., 1::2] <= h).all() and (refined >= 0).all()
+        assert 0 < len(det["boxes"]) <= 10 and det["masks"].shape == (len(det["boxes"]), 1, 28, 28)
+        for box, label, score in zip(det["boxes"], det["labels"], det["scores"]):
+            pairs = (refined[:, label] == box).all(1) & (probs[:, label] == score)  # a (RoI, class) of the chain
+            assert pairs.any()
+    for a, b in zip(detections, out["detections"]):  # forward in eval is detect's detections
+        assert all(torch.equal(a[k], b[k]) for k in ("boxes", "labels", "scores", "masks"))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minimaskrcnn.transforms import (Compose, RandomHorizontalFlip, Resize, batch_images, hflip, normalize,
+from minimaskrcnn.transforms import (Compose, RandomHorizontalFlip, Resize, batch_images, hflip, normalize, preprocess,
                                      resize_boxes, resize_geometry, resize_to)
 
 
@@ -125,6 +125,20 @@ def test_batch_images_pads_bottom_right_to_multiple():
         batch_images([])
 
 
+def test_preprocess_normalises_resizes_and_batches_in_that_order():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 30)]
+    masks = _rect_masks(40, 60, [(4, 6, 20, 30)])
+    targets = [_target_from_masks(masks), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 50, 30).byte()}]
+    kept = [t["boxes"].clone() for t in targets]
+    batch, sizes, resized = preprocess(images, targets, mean, std, 80, 100, 32)
+    assert sizes == [(66, 100), (100, 60)] and batch.shape == (2, 3, 128, 128)  # max_size caps both long sides
+    first = resize_to(normalize(images[0], mean, std), targets[0], 80, 100)
+    assert torch.equal(batch[0, :, :66, :100], first[0]) and torch.equal(resized[0]["boxes"], first[1]["boxes"])
+    assert all(torch.equal(t["boxes"], k) for t, k in zip(targets, kept))  # the inputs are left as they were
+    assert preprocess(images, None, mean, std, 80, 100, 32)[2] is None
+
+
 @pytest.mark.reference
 def test_matches_torchvision_generalized_rcnn_transform():
     tv_transform = pytest.importorskip("torchvision.models.detection.transform")
@@ -140,11 +154,10 @@ def test_matches_torchvision_generalized_rcnn_transform():
             targets.append({"boxes": torch.cat([xy[:, :2].minimum(xy[:, 2:]), xy[:, :2].maximum(xy[:, 2:])], 1),
                             "masks": (torch.rand(4, h, w) > 0.5).byte()})
         image_list, tv_targets = reference(images, [dict(t) for t in targets])
-        ours = [resize_to(normalize(im, mean, std), t, 800, 1333) for im, t in zip(images, targets)]
-        batch, sizes = batch_images([im for im, _ in ours], 32)
+        batch, sizes, ours = preprocess(images, targets, mean, std, 800, 1333, 32)
         assert torch.equal(batch, image_list.tensors)
         assert sizes == [tuple(s) for s in image_list.image_sizes]
-        for (_, t), tv in zip(ours, tv_targets):
+        for t, tv in zip(ours, tv_targets):
             assert torch.equal(t["boxes"], tv["boxes"]) and torch.equal(t["masks"], tv["masks"])
         boxes = torch.rand(5, 4) * 100
         assert torch.equal(resize_boxes(boxes, (height, width), sizes[0]),

@@ -1,5 +1,5 @@
-"""Tests for minimaskrcnn.weights: the name table, refusing damaged weight files, downloads from a local HTTP server
-on 127.0.0.1 (nothing reaches the internet), and starting a model from COCO / ImageNet / local weights."""
+"""Tests for minimaskrcnn.weights: the state-dict layout, refusing damaged weight files, downloads from a local HTTP
+server on 127.0.0.1 (nothing reaches the internet), and starting a model from COCO / ImageNet / local weights."""
 import functools
 import hashlib
 import http.server
@@ -19,10 +19,8 @@ from minimaskrcnn.weights import (
     load_checked,
     load_detector_weights,
     load_initial_weights,
-    our_name_to_theirs,
     read_weights_file,
     resnet_from_torchvision,
-    their_name_to_ours,
     to_torchvision,
 )
 
@@ -40,18 +38,15 @@ def our_state_dict() -> dict[str, torch.Tensor]:
     return build_model("r50_fpn", 91).state_dict()
 
 
-def test_every_torchvision_key_maps_to_one_of_ours_with_its_shape(their_shapes, our_state_dict):
-    mapped = {}
-    for name, shape in their_shapes.items():
-        ours = their_name_to_ours(name)
-        if ours is None:
-            assert name.endswith(".num_batches_tracked"), name
-            continue
-        assert ours not in mapped, f"{name} and {mapped[ours]} both map to {ours}"
-        mapped[ours] = name
-        assert ours in our_state_dict, f"{name} -> {ours}, which build_model('r50_fpn', 91) does not have"
-        assert list(our_state_dict[ours].shape) == shape, f"{name} {shape} -> {ours} {list(our_state_dict[ours].shape)}"
-    assert set(mapped) == set(our_state_dict), f"ours without a torchvision key: {set(our_state_dict) - set(mapped)}"
+def test_both_state_dicts_have_the_same_keys_and_shapes_and_the_layout_covers_them(their_shapes, our_state_dict):
+    counters = [k for k in their_shapes if k.endswith(".num_batches_tracked")]
+    theirs = {k: shape for k, shape in their_shapes.items() if k not in counters}
+    assert {k: list(v.shape) for k, v in our_state_dict.items()} == theirs  # our names are torchvision's
+    assert all(not their_shapes[k] for k in counters)  # the batch counters are scalars
+    for name in [*their_shapes, *our_state_dict]:
+        weights.check_key(name, "either")
+    unused = [p for p in weights.KEY_PATTERNS if not any(weights._regex(p).match(k) for k in our_state_dict)]
+    assert unused == []
 
 
 def test_every_key_of_ours_maps_back_to_torchvision_with_its_shape(their_shapes, our_state_dict):
@@ -59,7 +54,6 @@ def test_every_key_of_ours_maps_back_to_torchvision_with_its_shape(their_shapes,
     assert list(converted) == list(their_shapes)  # same keys, same order
     for name, value in converted.items():
         assert list(value.shape) == their_shapes[name], name
-    assert all(their_name_to_ours(our_name_to_theirs(k)) == k for k in our_state_dict)
 
 
 def test_from_torchvision_loads_strict_and_round_trips(their_shapes):
@@ -168,13 +162,13 @@ def test_download_checks_caches_and_leaves_nothing_behind_on_a_bad_hash(tmp_path
     assert sorted(p.name for p in cache.iterdir()) == [path.name]
 
 
-def test_load_pretrained_converts_names(tmp_path, monkeypatch):
+def test_load_pretrained_drops_the_batch_counters(tmp_path, monkeypatch):
     theirs = {"rpn.head.cls_logits.weight": torch.ones(3, 256, 1, 1), "backbone.body.bn1.num_batches_tracked":
               torch.tensor(0)}
     source = saved_with_hash(theirs, tmp_path, stem="maskrcnn")
     monkeypatch.setitem(weights.PRETRAINED_URLS, "maskrcnn_resnet50_fpn_coco", source.as_uri())
     ours = weights.load_pretrained("maskrcnn_resnet50_fpn_coco", tmp_path / "cache")
-    assert list(ours) == [their_name_to_ours("rpn.head.cls_logits.weight")]
+    assert list(ours) == ["rpn.head.cls_logits.weight"]
     with pytest.raises(ValueError, match="unknown pretrained weights"):
         weights.load_pretrained("resnet51")
 

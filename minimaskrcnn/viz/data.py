@@ -1,6 +1,7 @@
 """Drawing images with their instances (boxes, labels, scores, translucent masks), and RLE pictures.
 
-Built in notebooks/00_data.ipynb; `draw_instances` is reused by every notebook that shows boxes or masks.
+Built in notebooks/00_data.ipynb; `draw_instances` is reused by every notebook that shows boxes or masks, and
+`draw_boxes` (box outlines) by every picture of the package that draws a box.
 
 Shape glossary
     N      number of instances (ground truth or detections) in one image
@@ -39,6 +40,24 @@ def instance_colour(k: int) -> np.ndarray:
     return np.array(colormaps["tab10"](int(k) % 10)[:3])
 
 
+def draw_boxes(ax, boxes, colours=None, labels=None, lw: float = 1.2, ls: str = "-", alpha: float = 1.0,
+               legend: str | None = None):
+    """Outline boxes: Tensor[N, 4] (or one box Tensor[4]; x1, y1, x2, y2) on ax, the one way the package draws a box.
+
+    colours: a list of N colours, one colour (a name, an RGB tuple or array) for all, or None (tab10 by index);
+    labels: N strings written at the top-left corners, or None; legend: the name the first box takes in ax.legend().
+    """
+    boxes = _numpy(boxes).reshape(-1, 4)
+    for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        colour = colours[j] if isinstance(colours, list) else (instance_colour(j) if colours is None else colours)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=lw, ls=ls, edgecolor=colour, alpha=alpha,
+                               label=legend if j == 0 else None))
+        if labels is not None:
+            ax.text(x1, y1, labels[j], fontsize=7, color="white", va="bottom",
+                    bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
+    return ax
+
+
 def draw_instances(ax, image, boxes=None, labels=None, scores=None, masks=None, class_names=None, *,
                    show_boxes: bool = True, show_masks: bool = True, show_labels: bool = True,
                    score_threshold: float | None = None, mask_alpha: float = 0.45, mask_threshold: float = 0.5,
@@ -75,8 +94,7 @@ def draw_instances(ax, image, boxes=None, labels=None, scores=None, masks=None, 
     for j in np.flatnonzero(keep):
         box, label, score = box_list[j], label_list[j], score_list[j]
         if box is not None and show_boxes:
-            x1, y1, x2, y2 = box
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.3, edgecolor=colours[j]))
+            draw_boxes(ax, box, colours[j], lw=1.3)
         if show_labels and (label is not None or score is not None):
             text = "" if label is None else (class_names[label] if class_names and label < len(class_names)
                                              else str(label))

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.patches import Rectangle
 
 from minimaskrcnn.boxes import box_iou
-from minimaskrcnn.viz.data import _numpy, _place_label, image_to_numpy, instance_colour
+from minimaskrcnn.viz.data import _numpy, _place_label, draw_boxes, image_to_numpy, instance_colour
 
 # Matcher labels -> colour, legend text
 MATCH_COLOURS = {"positive": "#2ca02c", "ignored": "#ff7f0e", "negative": "#9a9a9a"}
@@ -30,18 +30,6 @@ def _background(ax, image=None, image_size=None):
     else:
         height, width = image_size
         ax.imshow(np.ones((height, width, 3)), interpolation="nearest")
-
-
-def draw_boxes(ax, boxes, colours=None, labels=None, lw: float = 1.2, ls: str = "-", alpha: float = 1.0):
-    """Outline boxes: Tensor[N, 4] on ax; colours: one colour or a list of N; labels: N strings (or None)."""
-    boxes = _numpy(boxes).reshape(-1, 4)
-    for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        colour = colours[j] if isinstance(colours, (list, tuple)) else (colours or instance_colour(j))
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=lw, ls=ls, edgecolor=colour, alpha=alpha))
-        if labels is not None:
-            ax.text(x1, y1, labels[j], fontsize=7, color="white", va="bottom",
-                    bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
-    return ax
 
 
 def draw_anchors(ax, anchors, num_per_location: int, image=None, image_size=None, highlight: int | None = None,
@@ -61,7 +49,7 @@ def draw_anchors(ax, anchors, num_per_location: int, image=None, image_size=None
     draw_boxes(ax, anchors[highlight], [instance_colour(a) for a in range(num_per_location)], lw=1.6)
     ax.set_xlim(min(-0.5, anchors[highlight, :, 0].min()), max(width - 0.5, anchors[highlight, :, 2].max()))
     ax.set_ylim(max(height - 0.5, anchors[highlight, :, 3].max()), min(-0.5, anchors[highlight, :, 1].min()))
-    ax.add_patch(Rectangle((-0.5, -0.5), width, height, fill=False, lw=1, ls=":", edgecolor="black"))
+    draw_boxes(ax, [-0.5, -0.5, width - 0.5, height - 0.5], "black", lw=1, ls=":")  # the image's frame
     ax.set_title(title or f"{len(anchors)} locations x {num_per_location} anchors", fontsize=9)
     ax.set_axis_off()
     return ax
@@ -130,8 +118,8 @@ def draw_box_coding(ax, anchor, target, decoded=None, image_size=None, title: st
     if decoded is not None:
         items.append((decoded, "#d62728", ":", "decoded"))
     for box, colour, ls, name in items:
+        draw_boxes(ax, box, colour, lw=2, ls=ls, legend=name)
         x1, y1, x2, y2 = _numpy(box).reshape(4).tolist()
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ls=ls, edgecolor=colour, label=name))
         ax.plot((x1 + x2) / 2, (y1 + y2) / 2, "+", color=colour, ms=8)
     ax.legend(fontsize=7, loc="upper right")
     ax.autoscale_view()

@@ -12,14 +12,8 @@ Boxes are absolute (x1, y1, x2, y2) floats.
 """
 import numpy as np
 import torch
-from matplotlib.patches import Rectangle
 
-from minimaskrcnn.viz.data import _numpy, draw_instances, image_to_numpy, instance_colour
-
-
-def _box(ax, box, colour, lw=1.2, ls="-", alpha=1.0):
-    x1, y1, x2, y2 = [float(v) for v in box]
-    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=lw, ls=ls, edgecolor=colour, alpha=alpha))
+from minimaskrcnn.viz.data import _numpy, draw_boxes, draw_instances, image_to_numpy, instance_colour
 
 
 def draw_sampled_rois(ax, image, rois, labels, gt_boxes=None, max_negatives: int = 40, title: str | None = None):
@@ -31,11 +25,11 @@ def draw_sampled_rois(ax, image, rois, labels, gt_boxes=None, max_negatives: int
     labels = _numpy(labels).astype(int)
     rois = _numpy(rois)
     for j in np.flatnonzero(labels == 0)[:max_negatives]:
-        _box(ax, rois[j], "0.6", lw=0.6, ls="--", alpha=0.8)
+        draw_boxes(ax, rois[j], "0.6", lw=0.6, ls="--", alpha=0.8)
     for j in np.flatnonzero(labels > 0):
-        _box(ax, rois[j], instance_colour(labels[j]), lw=0.9)
+        draw_boxes(ax, rois[j], instance_colour(labels[j]), lw=0.9)
     for box in _numpy(gt_boxes) if gt_boxes is not None else []:
-        _box(ax, box, "white", lw=2.0)
+        draw_boxes(ax, box, "white", lw=2.0)
     ax.set_axis_off()
     ax.set_title(title or f"{int((labels > 0).sum())} positive, {int((labels == 0).sum())} negative RoIs",
                  fontsize=9)
@@ -49,9 +43,9 @@ def draw_roi_prediction(ax_image, ax_bars, image, roi, probs, refined, class_nam
     best = int(np.argmax(probs[1:])) + 1
     ax_image.imshow(image_to_numpy(image), interpolation="nearest")
     for box in _numpy(gt_boxes) if gt_boxes is not None else []:
-        _box(ax_image, box, "white", lw=0.8, alpha=0.7)
-    _box(ax_image, _numpy(roi), "yellow", lw=1.5, ls="--")
-    _box(ax_image, _numpy(refined)[best], instance_colour(best), lw=2.0)
+        draw_boxes(ax_image, box, "white", lw=0.8, alpha=0.7)
+    draw_boxes(ax_image, _numpy(roi), "yellow", lw=1.5, ls="--")
+    draw_boxes(ax_image, _numpy(refined)[best], instance_colour(best), lw=2.0)
     ax_image.set_axis_off()
     ax_image.set_title(f"proposal (dashed) -> refined as '{class_names[best]}'", fontsize=9)
     colours = ["0.5"] + [instance_colour(k) for k in range(1, len(probs))]
@@ -74,7 +68,7 @@ def plot_chain(fig, image, steps, class_names=None, cols: int = 4):
         alpha = 1.0 if len(boxes_np) < 60 else 0.35
         for j, box in enumerate(boxes_np[:600]):
             colour = instance_colour(labels_np[j]) if labels_np is not None else "yellow"
-            _box(ax, box, colour, lw=0.8, alpha=alpha)
+            draw_boxes(ax, box, colour, lw=0.8, alpha=alpha)
         ax.set_title(f"{title}\n{len(boxes_np)} boxes", fontsize=8)
         ax.set_axis_off()
     for ax in axes[len(steps):]:
@@ -90,7 +84,7 @@ def plot_mask_pipeline(fig, image, gt_mask, box, target, prediction, pasted, tit
     axes = fig.subplots(1, 4)
     axes[0].imshow(image_to_numpy(image), interpolation="nearest")
     axes[0].imshow(_numpy(gt_mask), alpha=0.45, cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
-    _box(axes[0], _numpy(box), "yellow", lw=1.5)
+    draw_boxes(axes[0], _numpy(box), "yellow", lw=1.5)
     axes[0].set_title("GT mask + RoI", fontsize=9)
     for ax, data, name in ((axes[1], target, "target"), (axes[2], prediction, "prediction")):
         array = _numpy(data)
@@ -98,7 +92,7 @@ def plot_mask_pipeline(fig, image, gt_mask, box, target, prediction, pasted, tit
         ax.set_title(f"{name} {array.shape[0]}x{array.shape[1]}", fontsize=9)
     draw_instances(axes[3], image, masks=_numpy(pasted)[None], labels=None, show_labels=False,
                    title="pasted (> 0.5)")
-    _box(axes[3], _numpy(box), "yellow", lw=1.0, ls="--")
+    draw_boxes(axes[3], _numpy(box), "yellow", lw=1.0, ls="--")
     for ax in axes:
         ax.set_axis_off()
     if title:
@@ -149,16 +143,16 @@ def draw_stage(ax, stages: dict, stage: str, class_names, original_image=None, m
         xs, ys = xs[len(xs) // 8::max(len(xs) // 4, 1)], ys[len(ys) // 8::max(len(ys) // 4, 1)]  # ~4 x 4 locations
         shown = anchors[torch.isin(cx, xs) & torch.isin(cy, ys)]
         for box in _numpy(shown):
-            _box(ax, box, "cyan", lw=0.7, alpha=0.8)
+            draw_boxes(ax, box, "cyan", lw=0.7, alpha=0.8)
         title = f"anchors, level {level}: {len(anchors)} ({len(shown)} at {len(xs) * len(ys)} locations drawn)"
     elif stage == "rpn targets":
         anchors, labels = torch.cat(stages["anchors"]), stages["anchor_labels"]
         for box in _numpy(anchors[labels == 1]):
-            _box(ax, box, "lime", lw=0.8)
+            draw_boxes(ax, box, "lime", lw=0.8)
         title = f"RPN targets: {int((labels == 1).sum())} positive, {int((labels == 0).sum())} negative anchors"
     elif stage == "proposals":
         for box in _numpy(stages["proposals"][:max_boxes]):
-            _box(ax, box, "yellow", lw=0.6, alpha=0.7)
+            draw_boxes(ax, box, "yellow", lw=0.6, alpha=0.7)
         title = f"proposals: {len(stages['proposals'])} (best {min(max_boxes, len(stages['proposals']))} drawn)"
     elif stage == "sampled rois":
         draw_sampled_rois(ax, image, stages["sampled_rois"], stages["sampled_labels"], max_negatives=max_boxes // 2)
@@ -168,7 +162,7 @@ def draw_stage(ax, stages: dict, stage: str, class_names, original_image=None, m
         score, label = probs[:, 1:].max(dim=1)
         order = score.argsort(descending=True)[:max_boxes // 3]
         for j in order.tolist():
-            _box(ax, stages["proposals"][j], instance_colour(int(label[j]) + 1), lw=0.4 + 2 * float(score[j]),
+            draw_boxes(ax, stages["proposals"][j], instance_colour(int(label[j]) + 1), lw=0.4 + 2 * float(score[j]),
                  alpha=float(score[j]) ** 0.5)
         title = "proposals coloured by best class, width = probability"
     elif stage == "detections":

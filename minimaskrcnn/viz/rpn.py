@@ -10,16 +10,10 @@ import torch
 from matplotlib import colormaps
 from matplotlib.collections import PolyCollection
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
 
-from minimaskrcnn.viz.data import image_to_numpy
+from minimaskrcnn.viz.data import draw_boxes, image_to_numpy
 
 POSITIVE, NEGATIVE, IGNORED, GT = "#2ca02c", "#d62728", "#ffbf00", "white"
-
-
-def _boxes(ax, boxes, colour, lw=1.0, alpha=1.0, ls="-"):
-    for x1, y1, x2, y2 in torch.as_tensor(boxes).reshape(-1, 4).tolist():
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=lw, edgecolor=colour, alpha=alpha, ls=ls))
 
 
 def plot_feature_map(ax, feature, channel: int, title: str | None = None):
@@ -53,11 +47,11 @@ def draw_anchor_labels(ax, image, anchors, labels, gt_boxes=None, max_negatives:
     labels = torch.as_tensor(labels)
     negatives = torch.where(labels == 0)[0]
     pick = torch.randperm(len(negatives), generator=torch.Generator().manual_seed(seed))[:max_negatives]
-    _boxes(ax, anchors[negatives[pick]], NEGATIVE, lw=0.6, alpha=0.6, ls="--")
-    _boxes(ax, anchors[labels == -1], IGNORED, lw=0.6, alpha=0.6)
+    draw_boxes(ax, anchors[negatives[pick]], NEGATIVE, lw=0.6, alpha=0.6, ls="--")
+    draw_boxes(ax, anchors[labels == -1], IGNORED, lw=0.6, alpha=0.6)
     if gt_boxes is not None:
-        _boxes(ax, gt_boxes, GT, lw=3.0)
-    _boxes(ax, anchors[labels == 1], POSITIVE, lw=1.6)  # on top: the few positives must stay visible
+        draw_boxes(ax, gt_boxes, GT, lw=3.0)
+    draw_boxes(ax, anchors[labels == 1], POSITIVE, lw=1.6)  # on top: the few positives must stay visible
     counts = [(labels == v).sum().item() for v in (1, 0, -1)]
     handles = [Line2D([], [], color=POSITIVE, lw=1.6, label=f"positive ({counts[0]})"),
                Line2D([], [], color=IGNORED, lw=1.2, label=f"ignored ({counts[2]})"),
@@ -87,7 +81,7 @@ def draw_proposals(ax, image, boxes, scores=None, gt_boxes=None, max_boxes: int 
     colours[:, 3] = 0.1 + 0.9 * scores.numpy()  # low scores nearly transparent
     ax.add_collection(PolyCollection(corners.numpy(), facecolors="none", edgecolors=colours, linewidths=0.9))
     if gt_boxes is not None:
-        _boxes(ax, gt_boxes, GT, lw=2.0, ls=":")
+        draw_boxes(ax, gt_boxes, GT, lw=2.0, ls=":")
     ax.set_title(title or f"{len(boxes)} proposals", fontsize=9)
     ax.set_axis_off()
     return ax

@@ -11,9 +11,9 @@ Shape glossary
 """
 import matplotlib
 import numpy as np
-import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+
+from minimaskrcnn.viz.data import draw_instances
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -75,30 +75,7 @@ def plot_precision_recall(ax, precision: np.ndarray, iou_thresholds, recall_thre
     return ax
 
 
-def _colour(label: int):
-    return np.array(matplotlib.colormaps["tab10"](int(label) % 10)[:3])
-
-
-def draw_detections(ax, image: torch.Tensor, boxes, labels, class_names, masks=None, scores=None, title=None):
-    """Draw an image with instances: boxes Tensor[D, 4] (x1, y1, x2, y2), labels Tensor[D], masks Tensor[D, H, W]
-    (0/1 or probabilities, drawn where > 0.5), optional scores Tensor[D]. image: Tensor[3, H, W] in 0..1."""
-    canvas = image.detach().float().cpu().permute(1, 2, 0).numpy().copy()  # (3, H, W) -> (H, W, 3)
-    if masks is not None:
-        for m, label in zip(masks.detach().float().cpu().numpy(), labels.tolist()):
-            on = m > 0.5
-            canvas[on] = 0.5 * canvas[on] + 0.5 * _colour(label)
-    ax.imshow(canvas.clip(0, 1))
-    for j, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist())):
-        x1, y1, x2, y2 = box
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=_colour(label)))
-        text = class_names[label] if label < len(class_names) else str(label)
-        if scores is not None:
-            text += f" {float(scores[j]):.2f}"
-        ax.text(x1, y1, text, fontsize=6, color="white", va="bottom",
-                bbox={"facecolor": _colour(label), "alpha": 0.8, "pad": 0.5, "lw": 0})
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=9)
+_STYLE = {"mask_alpha": 0.5, "fontsize": 6}  # predictions pictures: opaque masks, small labels (many per image)
 
 
 def plot_prediction_vs_truth(image, prediction: dict, target: dict, class_names, score_threshold: float = 0.5,
@@ -108,12 +85,12 @@ def plot_prediction_vs_truth(image, prediction: dict, target: dict, class_names,
     fig = fig if fig is not None else Figure(figsize=(8, 4))
     fig.clear()
     ax_gt, ax_pred = fig.subplots(1, 2)
-    draw_detections(ax_gt, image, target["boxes"], target["labels"], class_names, target.get("masks"),
-                    title=f"ground truth ({len(target['labels'])})")
+    draw_instances(ax_gt, image, target["boxes"], target["labels"], masks=target.get("masks"), class_names=class_names,
+                   **_STYLE, title=f"ground truth ({len(target['labels'])})")
     keep = prediction["scores"] >= score_threshold
-    masks = prediction["masks"][keep][:, 0] if "masks" in prediction else None
-    draw_detections(ax_pred, image, prediction["boxes"][keep], prediction["labels"][keep], class_names, masks,
-                    prediction["scores"][keep], title=f"prediction, score >= {score_threshold:.2f} ({int(keep.sum())})")
+    draw_instances(ax_pred, image, prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep],
+                   prediction["masks"][keep] if "masks" in prediction else None, class_names, **_STYLE,
+                   title=f"prediction, score >= {score_threshold:.2f} ({int(keep.sum())})")
     fig.tight_layout()
     return fig
 
@@ -125,9 +102,9 @@ def plot_prediction_grid(images, predictions, class_names, score_threshold: floa
     axes = np.atleast_1d(fig.subplots(rows, min(cols, len(images)))).ravel()
     for i, (ax, image, pred) in enumerate(zip(axes, images, predictions)):
         keep = pred["scores"] >= score_threshold
-        draw_detections(ax, image, pred["boxes"][keep], pred["labels"][keep], class_names,
-                        pred["masks"][keep][:, 0] if "masks" in pred else None, pred["scores"][keep],
-                        title=titles[i] if titles else None)
+        draw_instances(ax, image, pred["boxes"][keep], pred["labels"][keep], pred["scores"][keep],
+                       pred["masks"][keep] if "masks" in pred else None, class_names, **_STYLE,
+                       title=titles[i] if titles else None)
     for ax in axes[len(images):]:
         ax.set_axis_off()
     fig.tight_layout()

@@ -3,9 +3,9 @@
 Built in notebooks/00_data.ipynb. The callback `sample_view` is a plain function the tests call.
 """
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 
 from minimaskrcnn.viz.data import draw_instances
+from minimaskrcnn.widgets.common import figure, show
 
 
 def sample_view(dataset, index: int = 0, show_boxes: bool = True, show_masks: bool = True, show_labels: bool = True,
@@ -18,14 +18,12 @@ def sample_view(dataset, index: int = 0, show_boxes: bool = True, show_masks: bo
     if not 0 <= index < len(dataset):
         raise ValueError(f"sample_view: index {index} outside 0..{len(dataset) - 1}")
     image, target = dataset[index]
-    fig = fig if fig is not None else plt.figure(figsize=(4.5, 4.5))
-    fig.clear()
-    ax = fig.add_subplot()
+    ax = figure(fig, (4.5, 4.5)).add_subplot()
     draw_instances(ax, image, target["boxes"], target["labels"], masks=target["masks"],
                    class_names=getattr(dataset, "class_names", None), show_boxes=show_boxes,
                    show_masks=show_masks, show_labels=show_labels,
                    title=f"index {index} (image id {target['image_id']}): {len(target['labels'])} instance(s)")
-    return fig
+    return ax.figure
 
 
 def dataset_browser(dataset):
@@ -35,11 +33,8 @@ def dataset_browser(dataset):
     out = widgets.Output()
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            sample_view(dataset, index.value, toggles["boxes"].value, toggles["masks"].value,
-                        toggles["labels"].value)
-            plt.show()
+        show(out, lambda: sample_view(dataset, index.value, toggles["boxes"].value, toggles["masks"].value,
+                                      toggles["labels"].value))
 
     for control in (index, *toggles.values()):
         control.observe(redraw, "value")

@@ -4,19 +4,13 @@ Built in notebooks/01_anchors.ipynb, 02_iou_matching.ipynb and 03_box_coding_nms
 (`anchor_view`, `matching_view`, `nms_view`) is a plain function the tests call; the widgets only wire sliders to it.
 """
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 
 from minimaskrcnn.anchors import cell_anchors, grid_anchors
 from minimaskrcnn.boxes import box_iou, nms
 from minimaskrcnn.matching import Matcher
 from minimaskrcnn.viz.geometry import draw_anchors, draw_matching, draw_nms
-
-
-def _figure(fig, size):
-    fig = fig if fig is not None else plt.figure(figsize=size)
-    fig.clear()
-    return fig
+from minimaskrcnn.widgets.common import figure, show
 
 
 def anchor_view(image, sizes: tuple[float, ...], ratios: tuple[float, ...], stride: int, fig=None):
@@ -33,7 +27,7 @@ def anchor_view(image, sizes: tuple[float, ...], ratios: tuple[float, ...], stri
     feature_size = (max(1, height // stride), max(1, width // stride))
     anchors = grid_anchors(cell_anchors(tuple(sizes), tuple(ratios)), feature_size, (stride, stride))
     per_location = len(sizes) * len(ratios)
-    fig = _figure(fig, (4.5, 4.5))
+    fig = figure(fig, (4.5, 4.5))
     draw_anchors(fig.add_subplot(), anchors, per_location, image=image,
                  title=f"sizes {'/'.join(f'{s:g}' for s in sizes)}, ratios {'/'.join(f'{r:g}' for r in ratios)}, "
                        f"stride {stride}:\n{feature_size[0]}x{feature_size[1]} locations x {per_location} "
@@ -65,18 +59,16 @@ def anchor_explorer(image, anchor_sizes, aspect_ratios, strides):
     out = widgets.Output()
     picking = [False]  # True while a level sets several controls: redraw once at the end
 
-    def redraw(_=None):
-        if picking[0]:
-            return
+    def draw():
         chosen = tuple(sizes.value) + ((extra.value,) if extra.value > 0 else ())
-        with out:
-            out.clear_output(wait=True)
-            try:
-                anchor_view(image, chosen, tuple(ratios.value), stride.value)
-            except ValueError as error:
-                print(error)
-                return
-            plt.show()
+        try:
+            anchor_view(image, chosen, tuple(ratios.value), stride.value)
+        except ValueError as error:  # nothing to draw: say why instead of a traceback or a stale picture
+            print(error)
+
+    def redraw(_=None):
+        if not picking[0]:
+            show(out, draw)
 
     def set_level(_=None):
         picking[0] = True
@@ -102,7 +94,7 @@ def matching_view(image, gt_boxes, anchors, high: float, low: float, allow_low_q
     if not 0 <= low <= high <= 1:
         raise ValueError(f"matching_view: need 0 <= low <= high <= 1, got low={low}, high={high}")
     labels = Matcher(high, low, allow_low_quality)(box_iou(gt_boxes, anchors))
-    fig = _figure(fig, (5, 5))
+    fig = figure(fig, (5, 5))
     draw_matching(fig.add_subplot(), anchors, labels, gt_boxes, image=image,
                   title=f"high {high:.2f}, low {low:.2f}, low-quality matches {'on' if allow_low_quality else 'off'}")
     return fig, labels
@@ -117,10 +109,7 @@ def matching_explorer(image, gt_boxes, anchors):
 
     def redraw(_=None):
         low.value = min(low.value, high.value)
-        with out:
-            out.clear_output(wait=True)
-            fig, _ = matching_view(image, gt_boxes, anchors, high.value, low.value, allow.value)
-            plt.show()
+        show(out, lambda: matching_view(image, gt_boxes, anchors, high.value, low.value, allow.value))
 
     for w in (high, low, allow):
         w.observe(redraw, "value")
@@ -134,7 +123,7 @@ def nms_view(boxes, scores, threshold: float, image=None, image_size=None, fig=N
     Returns (figure, keep Tensor[K] int64).
     """
     keep = nms(boxes, scores, threshold)
-    fig = _figure(fig, (9, 4.5))
+    fig = figure(fig, (9, 4.5))
     ax_before, ax_after = fig.subplots(1, 2)
     draw_nms(ax_before, ax_after, boxes, scores, keep, image=image, image_size=image_size, threshold=threshold)
     return fig, keep
@@ -146,10 +135,7 @@ def nms_explorer(boxes, scores, image=None, image_size=None):
     out = widgets.Output()
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, _ = nms_view(boxes, scores, threshold.value, image=image, image_size=image_size)
-            plt.show()
+        show(out, lambda: nms_view(boxes, scores, threshold.value, image=image, image_size=image_size))
 
     threshold.observe(redraw, "value")
     redraw()

@@ -10,24 +10,11 @@ Shape glossary
     G      ground-truth instances;  M mask resolution (28);  H', W' the resized image
 """
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 
 from minimaskrcnn.masks import mask_targets, paste_masks_in_image
 from minimaskrcnn.viz.heads import STAGES, draw_roi_prediction, draw_stage, plot_mask_pipeline, plot_smooth_l1
-
-
-def _figure(fig, size):
-    fig = fig if fig is not None else plt.figure(figsize=size)
-    fig.clear()
-    return fig
-
-
-def _show(out, draw):
-    with out:
-        out.clear_output(wait=True)
-        draw()
-        plt.show()
+from minimaskrcnn.widgets.common import figure, show
 
 
 # ------------------------------------------------------------------------------------------------- 07: one RoI
@@ -37,7 +24,7 @@ def roi_view(image, proposals, class_probs, refined_boxes, class_names, index: i
     proposals: Tensor[P, 4]; class_probs: Tensor[P, K+1]; refined_boxes: Tensor[P, K+1, 4]. Returns the figure."""
     if not 0 <= index < len(proposals):
         raise ValueError(f"roi_view: index {index} outside 0..{len(proposals) - 1}")
-    fig = _figure(fig, (9, 3.8))
+    fig = figure(fig, (9, 3.8))
     ax_image, ax_bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     draw_roi_prediction(ax_image, ax_bars, image, proposals[index], class_probs[index], refined_boxes[index],
                         class_names, gt_boxes)
@@ -56,7 +43,7 @@ def roi_explorer(image, proposals, class_probs, refined_boxes, class_names, gt_b
     out = widgets.Output()
 
     def redraw(_=None):
-        _show(out, lambda: roi_view(image, proposals, class_probs, refined_boxes, class_names, order[rank.value],
+        show(out, lambda: roi_view(image, proposals, class_probs, refined_boxes, class_names, order[rank.value],
                                     gt_boxes))
 
     rank.observe(redraw, "value")
@@ -71,26 +58,19 @@ def mask_instances(model, image, target) -> dict:
 
     image: Tensor[3, H, W] 0..1; target {boxes, labels, masks} -> {image Tensor[3, H', W'] (resized), boxes
     Tensor[G, 4], labels Tensor[G], gt_masks Tensor[G, H', W'], targets Tensor[G, M, M] (training targets),
-    predictions Tensor[G, M, M] (sigmoid of the GT class channel), pasted Tensor[G, H', W']}."""
-    was_training = model.training
-    model.eval()
-    try:
-        batch, sizes, targets = model.transform([image], [target])
-        features = model.backbone(batch)
-        boxes, labels, gt_masks = targets[0]["boxes"], targets[0]["labels"], targets[0]["masks"]
-        logits = model.roi_heads.mask_forward(features, [boxes], sizes)  # (G, K+1, M, M)
-        resolution = logits.shape[-1]
-        predictions = logits.sigmoid()[torch.arange(len(labels)), labels]  # (G, K+1, M, M) -> (G, M, M)
-        resized = torch.nn.functional.interpolate(image[None], size=sizes[0], mode="bilinear",
-                                                  align_corners=False)[0].clamp(0, 1)
-        return {
-            "image": resized, "boxes": boxes, "labels": labels, "gt_masks": gt_masks,
-            "targets": mask_targets(gt_masks, boxes, torch.arange(len(boxes)), resolution),
-            "predictions": predictions,
-            "pasted": paste_masks_in_image(predictions[:, None], boxes, sizes[0])[:, 0],
-        }
-    finally:
-        model.train(was_training)
+    predictions Tensor[G, M, M] (sigmoid of the GT class channel), pasted Tensor[G, H', W']}.
+    The image, its target and its features come from model.inspect; the masks from the heads' predict_masks, the
+    step of their inference path that turns boxes and classes into masks."""
+    stages = model.inspect(image, target)
+    size, resized = stages["image_size"], stages["target"]
+    boxes, labels, gt_masks = resized["boxes"], resized["labels"], resized["masks"]
+    predictions = model.roi_heads.predict_masks(stages["features"], [boxes], [labels], [size])[0][:, 0]  # (G, M, M)
+    return {
+        "image": stages["image"], "boxes": boxes, "labels": labels, "gt_masks": gt_masks,
+        "targets": mask_targets(gt_masks, boxes, torch.arange(len(boxes)), predictions.shape[-1]),
+        "predictions": predictions,
+        "pasted": paste_masks_in_image(predictions[:, None], boxes, size)[:, 0],
+    }
 
 
 def mask_view(data: dict, index: int, class_names, fig=None):
@@ -98,7 +78,7 @@ def mask_view(data: dict, index: int, class_names, fig=None):
     mask_instances(...). Returns the figure."""
     if not 0 <= index < len(data["boxes"]):
         raise ValueError(f"mask_view: index {index} outside 0..{len(data['boxes']) - 1}")
-    fig = _figure(fig, (11, 3.2))
+    fig = figure(fig, (11, 3.2))
     name = class_names[int(data["labels"][index])]
     plot_mask_pipeline(fig, data["image"], data["gt_masks"][index], data["boxes"][index], data["targets"][index],
                        data["predictions"][index], data["pasted"][index], title=f"instance {index}: {name}")
@@ -111,7 +91,7 @@ def mask_explorer(data: dict, class_names):
     out = widgets.Output()
 
     def redraw(_=None):
-        _show(out, lambda: mask_view(data, index.value, class_names))
+        show(out, lambda: mask_view(data, index.value, class_names))
 
     index.observe(redraw, "value")
     redraw()
@@ -123,7 +103,7 @@ def smooth_l1_view(beta: float, fig=None):
     """Callback of the smooth-L1 explorer: the loss and its gradient for one beta. Returns the figure."""
     if beta < 0:
         raise ValueError(f"smooth_l1_view: beta must be >= 0, got {beta}")
-    fig = _figure(fig, (9, 3.2))
+    fig = figure(fig, (9, 3.2))
     ax_loss, ax_grad = fig.subplots(1, 2)
     plot_smooth_l1(ax_loss, betas=(beta,))
     x = torch.linspace(-2, 2, 401, requires_grad=True)
@@ -141,7 +121,7 @@ def smooth_l1_explorer():
     out = widgets.Output()
 
     def redraw(_=None):
-        _show(out, lambda: smooth_l1_view(beta.value))
+        show(out, lambda: smooth_l1_view(beta.value))
 
     beta.observe(redraw, "value")
     redraw()
@@ -152,7 +132,7 @@ def smooth_l1_explorer():
 def stage_view(stages: dict, stage: str, class_names, original_image=None, level: int = 0, fig=None):
     """Callback of the stage explorer: one stage (one of viz.heads.STAGES) of MaskRCNN.inspect(image, target).
     Returns the figure."""
-    fig = _figure(fig, (5.5, 5.5))
+    fig = figure(fig, (5.5, 5.5))
     draw_stage(fig.subplots(), stages, stage, class_names, original_image=original_image, level=level)
     return fig
 
@@ -165,7 +145,7 @@ def stage_explorer(stages: dict, class_names, original_image=None):
     out = widgets.Output()
 
     def redraw(_=None):
-        _show(out, lambda: stage_view(stages, stage.value, class_names, original_image, level.value))
+        show(out, lambda: stage_view(stages, stage.value, class_names, original_image, level.value))
 
     stage.observe(redraw, "value")
     level.observe(redraw, "value")

@@ -3,10 +3,10 @@
 Built in notebooks/06_roialign_vs_roipool.ipynb. The callback `roi_view` is a plain function the tests call.
 """
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 
 from minimaskrcnn.viz.roi import draw_empty_box, draw_roi_sampling
+from minimaskrcnn.widgets.common import show
 
 # The explorer's initial state; notebook 06 draws it as a static picture with roi_view(**START).
 START = dict(x1=1.3, y1=0.8, x2=6.1, y2=5.4, aligned=False, sampling_ratio=2, output_size=2)
@@ -54,10 +54,7 @@ def roi_explorer(feature_size=(8, 8)):
         values = {k: s.value for k, s in sliders.items()}
         problem = box_problem(values["x1"], values["y1"], values["x2"], values["y2"])
         message.value = f"<b style='color:#c00'>{problem}</b>" if problem else ""
-        with out:
-            out.clear_output(wait=True)
-            roi_view(**values, feature_size=feature_size)
-            plt.show()
+        show(out, lambda: roi_view(**values, feature_size=feature_size))
 
     for s in sliders.values():
         s.observe(redraw, "value")

@@ -4,11 +4,11 @@ Built in notebooks/04_backbone_fpn.ipynb (feature_explorer) and notebooks/05_rpn
 The callbacks `feature_view` and `proposals_view` are plain functions the tests call.
 """
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 
 from minimaskrcnn.rpn import filter_proposals
 from minimaskrcnn.viz.data import image_to_numpy
 from minimaskrcnn.viz.rpn import draw_proposals, plot_feature_map
+from minimaskrcnn.widgets.common import figure, show
 
 
 def feature_view(image, features: dict, level: str, channel: int, fig=None):
@@ -16,8 +16,7 @@ def feature_view(image, features: dict, level: str, channel: int, fig=None):
     features {name: Tensor[1, C, H_l, W_l]}. Returns the figure."""
     if level not in features:
         raise ValueError(f"feature_view: level {level!r} not in {list(features)}")
-    fig = fig if fig is not None else plt.figure(figsize=(8, 3.8))
-    fig.clear()
+    fig = figure(fig, (8, 3.8))
     left, right = fig.subplots(1, 2)
     left.imshow(image_to_numpy(image))
     left.set_axis_off()
@@ -33,10 +32,7 @@ def feature_explorer(image, features: dict):
     out = widgets.Output()
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            feature_view(image, features, level.value, channel.value)
-            plt.show()
+        show(out, lambda: feature_view(image, features, level.value, channel.value))
 
     for control in (level, channel):
         control.observe(redraw, "value")
@@ -57,8 +53,7 @@ def proposals_view(image, proposals, objectness, level_sizes, image_size, pre_nm
                                              pre_nms_top_n, post_nms_top_n=len(proposals), nms_thresh=1.0)
     after, after_scores = filter_proposals(proposals[None], objectness[None], level_sizes, [image_size],
                                            pre_nms_top_n, post_nms_top_n, nms_thresh)
-    fig = fig if fig is not None else plt.figure(figsize=(9, 4.5))
-    fig.clear()
+    fig = figure(fig, (9, 4.5))
     left, right = fig.subplots(1, 2)
     draw_proposals(left, image, before[0], before_scores[0], gt_boxes,
                    title=f"before NMS: {len(before[0])} boxes (best {pre_nms_top_n} per level)")
@@ -77,11 +72,8 @@ def proposal_explorer(image, proposals, objectness, level_sizes, image_size, gt_
     out = widgets.Output()
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            proposals_view(image, proposals, objectness, level_sizes, image_size, pre.value, post.value, thresh.value,
-                           gt_boxes)
-            plt.show()
+        show(out, lambda: proposals_view(image, proposals, objectness, level_sizes, image_size, pre.value, post.value,
+                                         thresh.value, gt_boxes))
 
     for control in (pre, post, thresh):
         control.observe(redraw, "value")

@@ -3,10 +3,10 @@
 Built in notebooks/11_train_on_gpu.ipynb. Each widget's callback is a plain function the tests call.
 """
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 from IPython.display import display
 
 from minimaskrcnn.viz.train import plot_history, plot_prediction_vs_truth
+from minimaskrcnn.widgets.common import figure, show
 
 
 def prediction_view(images, predictions, targets, class_names, index: int = 0, score_threshold: float = 0.5, fig=None):
@@ -25,11 +25,8 @@ def prediction_browser(images, predictions, targets, class_names, score_threshol
     out = widgets.Output()
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig = plt.figure(figsize=(8, 4))
-            prediction_view(images, predictions, targets, class_names, index.value, threshold.value, fig=fig)
-            plt.show()
+        show(out, lambda: prediction_view(images, predictions, targets, class_names, index.value, threshold.value,
+                                          fig=figure(size=(8, 4))))
 
     index.observe(redraw, "value")
     threshold.observe(redraw, "value")
@@ -54,11 +51,7 @@ class LiveHistory:
     __call__ = update
 
     def draw(self):
-        with self.widget:
-            self.widget.clear_output(wait=True)
-            fig = plt.figure(figsize=(10, 3.6))
-            plot_history(self.records, fig=fig)
-            plt.show()
+        show(self.widget, lambda: plot_history(self.records, fig=figure(size=(10, 3.6))))
 
     def show(self):
         display(self.widget)
