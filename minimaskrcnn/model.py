@@ -35,7 +35,7 @@ from minimaskrcnn.roi_heads import (
     postprocess_detections,
     sample_proposals,
 )
-from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, flatten_predictions
 from minimaskrcnn.transforms import batch_images, normalize, resize_boxes, resize_geometry, resize_to
 
@@ -389,10 +389,10 @@ class MaskRCNN(nn.Module):
         )
         levels, pooling = ["p2", "p3", "p4", "p5"], (cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op)
         self.roi_heads = RoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, *pooling),
+            box_roi_pool=MultiScaleRoIPooler(levels, cfg.box_roi_size, *pooling),
             box_head=TwoMLPHead(channels * cfg.box_roi_size**2, cfg.representation_size),
             box_predictor=BoxPredictor(cfg.representation_size, num_classes),
-            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, *pooling),
+            mask_roi_pool=MultiScaleRoIPooler(levels, cfg.mask_roi_size, *pooling),
             mask_head=MaskHead(channels, cfg.mask_head_layers),
             mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes),
             fg_iou_thresh=cfg.box_fg_iou_thresh,

@@ -257,7 +257,7 @@ class RoIHeads(nn.Module):
     """Box and mask heads on top of the pooled proposals.
 
     box_roi_pool / mask_roi_pool: callables (features dict, boxes [Tensor[R_i, 4]], image_sizes) ->
-    Tensor[R, C, S, S] (MultiScaleRoIAlign). forward(features, proposals, image_sizes, targets) -> (detections
+    Tensor[R, C, S, S] (MultiScaleRoIPooler). forward(features, proposals, image_sizes, targets) -> (detections
     [{boxes, labels, scores, masks Tensor[D_i, 1, M, M] probabilities}] in eval, [] in training; losses
     {"loss_classifier", "loss_box_reg", "loss_mask"} in training, {} in eval).
     """

@@ -167,11 +167,11 @@ def _heads_pair():
     from torchvision.ops import MultiScaleRoIAlign as TVPool
 
     from minimaskrcnn.roi_heads import RoIHeads
-    from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+    from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 
     names = ["p2", "p3", "p4", "p5"]
-    ours = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(16 * 49, 32), BoxPredictor(32, 6),
-                    MultiScaleRoIAlign(names, 14, 2), MaskHead(16, (16,) * 4), MaskPredictor(16, 16, 6),
+    ours = RoIHeads(MultiScaleRoIPooler(names, 7, 2), TwoMLPHead(16 * 49, 32), BoxPredictor(32, 6),
+                    MultiScaleRoIPooler(names, 14, 2), MaskHead(16, (16,) * 4), MaskPredictor(16, 16, 6),
                     batch_size_per_image=64, score_thresh=0.0)
     theirs = tv.RoIHeads(TVPool(names, 7, 2), TVTwoMLPHead(16 * 49, 32), FastRCNNPredictor(32, 6), 0.5, 0.5, 64,
                          0.25, None, 0.0, 0.5, 100, TVPool(names, 14, 2), MaskRCNNHeads(16, [16] * 4, 1),
