@@ -203,6 +203,19 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]][:torch.cuda.device_count()])
 
 
+def worker_start_method(device: torch.device, num_workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default, quick) for the CPU; spawned when the model is on CUDA.
+
+    A child forked from a process that has initialised CUDA inherits its CUDA context, the pinned-memory caches and
+    every lock as another thread held it, and may not use any of them (CUDA does not support fork): a worker that
+    does (freeing an inherited tensor is enough) aborts, or blocks in the driver where no signal ends it and can
+    outlive the training process, holding the GPU and that process's output pipes (the likely reason notebook 11's
+    GPU run never returned). A spawned worker starts a fresh interpreter and inherits none of it; in exchange the
+    dataset and its transforms travel pickled, so they must be importable (not classes defined in a notebook cell).
+    """
+    return "spawn" if num_workers > 0 and device.type == "cuda" else None
+
+
 def collate(batch):
     """[(image, target), ...] -> (list of images, list of targets): images of different sizes stay separate."""
     images, targets = zip(*batch)
@@ -482,7 +495,8 @@ def evaluate(model, dataset, device=None, batch_size: int = 8, iou_types=IOU_TYP
     bare = unwrap(model)
     world, rank = get_world_size(), get_rank()
     sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        multiprocessing_context=worker_start_method(device, num_workers))
     category_ids = dataset.category_ids if category_ids is None else category_ids
     with _autocast(device, amp):
         results, image_ids = predict_dataset(bare, loader, device, category_ids)
@@ -618,7 +632,8 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, max(end, step), rank, world)
     loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        multiprocessing_context=worker_start_method(device, cfg.num_workers))
     bar = tqdm(total=end, initial=step, disable=not cfg.progress or rank != 0, desc="train", dynamic_ncols=True)
     running, nonfinite, metrics = {}, 0, None
     t_last, step_last = time.perf_counter(), step
