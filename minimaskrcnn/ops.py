@@ -32,7 +32,7 @@ def _fx_leaf(fn):
     @functools.wraps(fn)
     def leaf(*args, **kwargs):
         proxies = []
-        torch.fx.node.map_aggregate((args, kwargs), lambda a: proxies.append(a) if isinstance(a, torch.fx.Proxy) else None)
+        torch.fx.node.map_aggregate((args, kwargs), lambda a: isinstance(a, torch.fx.Proxy) and proxies.append(a))
         if proxies:
             return proxies[0].tracer.create_proxy("call_function", leaf, args, kwargs)
         return fn(*args, **kwargs)

@@ -10,6 +10,7 @@ Shape glossary
     ph, pw     output size (pooled height and width), e.g. 7 x 7 (box head) or 14 x 14 (mask head)
     G          samples per bin along one axis (sampling_ratio, or adaptive ceil(roi size / output size))
     T          taps of one bin: the 4 G^2 (pixel, weight) pairs its samples read
+    P          rows of the pixel table: N*H*W for one map, sum over levels of N*H_l*W_l for the multi-scale pooler
 Boxes are absolute (x1, y1, x2, y2) floats in image coordinates; `spatial_scale` maps them onto the feature map.
 
 Same signatures and semantics as torchvision.ops.roi_pool / roi_align, so one can swap for the other.
@@ -27,7 +28,8 @@ and the backward pass is its transpose: the same taps grouped by pixel (a sort),
 gradient of the bins it fed -- again a weighted gather-sum, with no scattered atomic adds. This is exactly the work of
 torchvision's kernel (4 corners x G^2 samples per bin and channel), done by vectorised library code. Memory: the taps
 hold R x ph x pw x 4 G^2 indices and weights (no channel factor), built for chunks of RoIs that fit _CHUNK_TAPS and
-rebuilt in the backward pass instead of being kept.
+rebuilt in the backward pass instead of being kept. MultiScaleRoIPooler puts every FPN level into one such table, so
+the RoIs of all levels are pooled in one pass, each reading its own level (RoIPool reads the same table).
 """
 import itertools
 import math
@@ -217,7 +219,8 @@ class _AlignPlan:
         col, wx = self._axis(x1, x2, self.pw, _per_roi(self.maps.width, which, 1))  # (Rc, pw, 2G)
         # a bin's taps: every (row tap, column tap) pair, (Rc, ph, 1, 2G, 1) x (Rc, 1, pw, 1, 2G) -> (Rc, ph, pw, 2G, 2G)
         width = _per_roi(self.maps.width, which, 5)
-        pixel = self.maps.base[which, None, None, None, None] + row[:, :, None, :, None] * width + col[:, None, :, None, :]
+        base = self.maps.base[which, None, None, None, None]
+        pixel = base + row[:, :, None, :, None] * width + col[:, None, :, None, :]
         weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
         t = pixel.shape[-2] * pixel.shape[-1]
         return which, pixel.reshape(rc * self.ph * self.pw, t), weight.reshape(rc * self.ph * self.pw, t)

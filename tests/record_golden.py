@@ -112,7 +112,8 @@ def golden_images() -> list[torch.Tensor]:
     def resized(crop, size):
         return torch.nn.functional.interpolate(crop[None].float(), size=size, mode="area")[0].round().to(torch.uint8)
 
-    return [resized(photo, (150, 128)), resized(photo[:, 180:380], (90, 230)), resized(photo[:, 100:500, 60:360], (160, 120))]
+    return [resized(photo, (150, 128)), resized(photo[:, 180:380], (90, 230)),
+            resized(photo[:, 100:500, 60:360], (160, 120))]
 
 
 def spread_rois(generator, num, batch, height, width, scale, dtype):
@@ -129,7 +130,8 @@ def clustered_boxes(generator, num=1500, clusters=60) -> torch.Tensor:
     """Tensor[num, 4] float32: jittered copies of a few boxes up to ~1000 px, like raw detections around objects."""
     xy = torch.rand(clusters, 2, generator=generator) * 900
     centres = torch.cat((xy, xy + 8 + torch.rand(clusters, 2, generator=generator) * 300), 1)
-    boxes = centres[torch.randint(0, clusters, (num,), generator=generator)] + torch.randn(num, 4, generator=generator) * 4
+    boxes = centres[torch.randint(0, clusters, (num,), generator=generator)]
+    boxes = boxes + torch.randn(num, 4, generator=generator) * 4
     boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
     return boxes
 
@@ -165,8 +167,9 @@ def record_ops(tv) -> dict:
                      "grad_out": grad, "output": result.detach(), "input_grad": x_grad})
     out["roi_pool"] = pool
     feats = {f"p{k}": torch.randn(2, 4, 256 // 2**k, 192 // 2**k, generator=g) for k in (2, 3, 4, 5)}
+    whole_image = torch.tensor([[0.0, 0, 199, 179]])  # a box for the coarsest level
     boxes = [spread_rois(g, 25, 1, 256, 192, 1.0, torch.float32)[:, 1:],
-             torch.cat((spread_rois(g, 15, 1, 200, 180, 1.0, torch.float32)[:, 1:], torch.tensor([[0.0, 0, 199, 179]])))]
+             torch.cat((spread_rois(g, 15, 1, 200, 180, 1.0, torch.float32)[:, 1:], whole_image))]
     sizes = [(256, 192), (200, 180)]
     out["multiscale"] = {"features": feats, "boxes": boxes, "image_sizes": sizes, "output_size": 7, "sampling_ratio": 2,
                          "output": tv.ops.MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, sizes)}
