@@ -92,8 +92,15 @@ def _check_input(input: Tensor, name: str) -> None:
 def _pixel_table(maps: Sequence[Tensor]) -> Tensor:
     """[Tensor[N, C, H_l, W_l]] -> Tensor[P, C], P = sum_l N*H_l*W_l: every pixel of every map, map by map, each
     map in (image, row, column) order."""
-    rows = [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in maps]  # (N, C, H, W) -> (N*H*W, C)
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
+    if len(maps) == 1:
+        return maps[0].permute(0, 2, 3, 1).reshape(-1, maps[0].shape[1])  # (N, C, H, W) -> (N*H*W, C)
+    table = maps[0].new_empty((sum(m.numel() for m in maps) // maps[0].shape[1], maps[0].shape[1]))
+    start = 0
+    for m in maps:  # each map copied once, straight into its rows: (N, C, H, W) -> (N, H, W, C) rows of the table
+        n, c, h, w = m.shape
+        table[start:start + n * h * w].view(n, h, w, c).copy_(m.permute(0, 2, 3, 1))
+        start += n * h * w
+    return table
 
 
 def _lookup(levels: Tensor, values: Sequence, dtype: torch.dtype) -> Tensor:
