@@ -35,11 +35,14 @@ $(BROWSER_STAMP): $(STAMP)
 test-browser: $(BROWSER_STAMP)
 	$(BIN)/python .ci/browser_test.py $(NB)
 
-## make test-reference: parity tests against torchvision, in a separate venv with a CUDA build of torch
+## make test-reference: parity tests against torchvision, in a separate venv with a CUDA build of torch; first
+## (re)records torchvision's outputs in tests/fixtures/golden/, which `make test` compares against (commit them)
 test-reference:
 	bash .ci/reference-venv.sh .venv-reference >/dev/null
 	.venv-reference/bin/python -m pip install -q -e . --no-deps
+	.venv-reference/bin/python tests/record_golden.py
 	.venv-reference/bin/python -m pytest tests -m reference
+	.venv-reference/bin/python -m pytest tests/test_parity_golden.py
 
 ## make lab: JupyterLab on the notebooks
 lab: $(STAMP)

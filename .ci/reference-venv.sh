@@ -7,6 +7,6 @@ set -eu
 DIR=${1:-.venv-reference}
 if ! "$DIR/bin/python" -c "import torchvision.ops" 2>/dev/null; then
   python3 -m venv "$DIR" >&2
-  "$DIR/bin/pip" install -q "torchvision==0.29.2" numpy matplotlib pycocotools pytest ipywidgets tqdm pyyaml packaging >&2
+  "$DIR/bin/pip" install -q "torchvision==0.29.2" numpy matplotlib pycocotools pytest ipywidgets tqdm pyyaml packaging nbformat >&2
 fi
 echo "$DIR/bin/python"

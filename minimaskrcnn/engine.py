@@ -174,6 +174,19 @@ class StepBatchSampler(Sampler):
                 step += 1
 
 
+def worker_start_method(device: torch.device, num_workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default, quick) for the CPU; spawned when the model is on CUDA.
+
+    A child forked from a process that has initialised CUDA inherits its CUDA context, the pinned-memory caches and
+    every lock as another thread held it, and may not use any of them (CUDA does not support fork): a worker that
+    does (freeing an inherited tensor is enough) aborts, or blocks in the driver where no signal ends it and can
+    outlive the training process, holding the GPU and that process's output pipes (the likely reason notebook 11's
+    GPU run never returned). A spawned worker starts a fresh interpreter and inherits none of it; in exchange the
+    dataset and its transforms travel pickled, so they must be importable (not classes defined in a notebook cell).
+    """
+    return "spawn" if num_workers > 0 and device.type == "cuda" else None
+
+
 # ---------------------------------------------------------------------------------------------------- metrics
 def read_metrics(path) -> list[dict]:
     """The records of a metrics.jsonl file (one JSON object per line)."""
@@ -245,7 +258,8 @@ def evaluate(model, dataset, device=None, batch_size: int = 8, iou_types=IOU_TYP
     device = torch.device(device) if device is not None else default_device()
     world, rank = get_world_size(), get_rank()
     sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        multiprocessing_context=worker_start_method(device, num_workers))
     category_ids = dataset.category_ids if category_ids is None else category_ids
     with _autocast(device, amp):
         results, image_ids = predict_dataset(unwrap(model), loader, device, category_ids)
@@ -302,7 +316,8 @@ def train(model, train_set, cfg: TrainConfig, out_dir=None, val_set=None, device
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, run.step, max(end, run.step), run.rank,
                                run.world)
     loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        multiprocessing_context=worker_start_method(device, cfg.num_workers))
     progress = _Progress(run.step, end, enabled=cfg.progress and run.rank == 0)
     metrics = None
     model.train()

@@ -25,7 +25,7 @@ from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import LEVEL_NAMES, NORMS, STAGES_PER_DEPTH, build_backbone
 from minimaskrcnn.masks import paste_masks_in_image
 from minimaskrcnn.roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, sample_proposals
-from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, filter_proposals
 from minimaskrcnn.transforms import preprocess, resize_boxes, resize_geometry
 
@@ -429,10 +429,10 @@ class MaskRCNN(nn.Module):
         )
         levels, pooling = ["p2", "p3", "p4", "p5"], (cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op)
         self.roi_heads = RoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(levels, cfg.box_roi_size, *pooling),
+            box_roi_pool=MultiScaleRoIPooler(levels, cfg.box_roi_size, *pooling),
             box_head=TwoMLPHead(channels * cfg.box_roi_size**2, cfg.representation_size),
             box_predictor=BoxPredictor(cfg.representation_size, num_classes),
-            mask_roi_pool=MultiScaleRoIAlign(levels, cfg.mask_roi_size, *pooling),
+            mask_roi_pool=MultiScaleRoIPooler(levels, cfg.mask_roi_size, *pooling),
             mask_head=MaskHead(channels, cfg.mask_head_layers),
             mask_predictor=MaskPredictor(cfg.mask_head_layers[-1], cfg.mask_dim_reduced, num_classes),
             fg_iou_thresh=cfg.box_fg_iou_thresh,

@@ -270,22 +270,6 @@ def mask_probabilities(mask_logits: Tensor, labels: list[Tensor]) -> list[Tensor
     return list(probs.split([len(lab) for lab in labels]))
 
 
-def pool_outside_autocast(pool, features: dict, rois: list[Tensor], image_sizes: list) -> Tensor:
-    """pool(features, rois, image_sizes) in float32 with autocast off, the result in the features' dtype.
-
-    Under mixed precision (CUDA autocast) the FPN maps arrive in bf16/fp16; RoI pooling then runs on float32 copies,
-    as torchvision's roi_align does under autocast (bilinear weights and sums keep full precision, and the pooling
-    code needs no dtype handling of its own). Without autocast and in float32/float64 it is plain pool(...).
-    """
-    half = {k: v.dtype for k, v in features.items() if v.dtype in (torch.float16, torch.bfloat16)}
-    if not half:
-        return pool(features, rois, image_sizes)
-    device_type = next(iter(features.values())).device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        pooled = pool({k: v.float() for k, v in features.items()}, [r.float() for r in rois], image_sizes)
-    return pooled.to(next(iter(half.values())))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The module that ties them together
 # ----------------------------------------------------------------------------------------------------------------
@@ -293,7 +277,7 @@ class RoIHeads(nn.Module):
     """Box and mask heads on top of the pooled proposals.
 
     box_roi_pool / mask_roi_pool: callables (features dict, boxes [Tensor[R_i, 4]], image_sizes) ->
-    Tensor[R, C, S, S] (MultiScaleRoIAlign). The settings are keyword-only and have no defaults: MaskRCNN passes its
+    Tensor[R, C, S, S] (MultiScaleRoIPooler). The settings are keyword-only and have no defaults: MaskRCNN passes its
     MaskRCNNConfig's (box_* fields), the one place their values are defined.
     forward(features, proposals, image_sizes, targets) -> (detections [{boxes, labels, scores, masks Tensor[D_i, 1,
     M, M] probabilities}] in eval, [] in training; losses {"loss_classifier", "loss_box_reg", "loss_mask"} in
@@ -328,11 +312,11 @@ class RoIHeads(nn.Module):
 
     def box_forward(self, features: dict, rois: list[Tensor], image_sizes: list) -> tuple[Tensor, Tensor]:
         """Pool, box head, predictor: -> (class_logits Tensor[R, K+1], box_regression Tensor[R, (K+1)*4])."""
-        return self.box_predictor(self.box_head(pool_outside_autocast(self.box_roi_pool, features, rois, image_sizes)))
+        return self.box_predictor(self.box_head(self.box_roi_pool(features, rois, image_sizes)))
 
     def mask_forward(self, features: dict, rois: list[Tensor], image_sizes: list) -> Tensor:
         """Pool, mask head, predictor: -> mask_logits Tensor[R, K+1, M, M]."""
-        return self.mask_predictor(self.mask_head(pool_outside_autocast(self.mask_roi_pool, features, rois, image_sizes)))
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, rois, image_sizes)))
 
     def predict_masks(self, features: dict, boxes: list[Tensor], labels: list[Tensor], image_sizes: list
                       ) -> list[Tensor]:

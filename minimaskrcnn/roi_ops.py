@@ -10,6 +10,7 @@ Shape glossary
     ph, pw     output size (pooled height and width), e.g. 7 x 7 (box head) or 14 x 14 (mask head)
     G          samples per bin along one axis (sampling_ratio, or adaptive ceil(roi size / output size))
     T          taps of one bin: the 4 G^2 (pixel, weight) pairs its samples read
+    P          rows of the pixel table: N*H*W for one map, sum over levels of N*H_l*W_l for the multi-scale pooler
 Boxes are absolute (x1, y1, x2, y2) floats in image coordinates; `spatial_scale` maps them onto the feature map.
 
 Same signatures and semantics as torchvision.ops.roi_pool / roi_align, so one can swap for the other.
@@ -27,10 +28,12 @@ and the backward pass is its transpose: the same taps grouped by pixel (a sort),
 gradient of the bins it fed -- again a weighted gather-sum, with no scattered atomic adds. This is exactly the work of
 torchvision's kernel (4 corners x G^2 samples per bin and channel), done by vectorised library code. Memory: the taps
 hold R x ph x pw x 4 G^2 indices and weights (no channel factor), built for chunks of RoIs that fit _CHUNK_TAPS and
-rebuilt in the backward pass instead of being kept.
+rebuilt in the backward pass instead of being kept. MultiScaleRoIPooler puts every FPN level into one such table, so
+the RoIs of all levels are pooled in one pass, each reading its own level (RoIPool reads the same table).
 """
+import itertools
 import math
-from typing import Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -80,14 +83,77 @@ def _check_input(input: Tensor, name: str) -> None:
         raise TypeError(f"{name}: input must be floating point, got {input.dtype}")
 
 
+# ------------------------------------------------------------------------------------------ where each RoI reads
+# Both ops read their feature map(s) as one table of pixels, channels last: one row of C values per pixel. A RoI
+# reads the rows of its own map -- for roi_align / roi_pool the one input map, for MultiScaleRoIPooler the FPN level
+# that suits its size -- so each RoI carries where its map starts in the table, that map's size and its scale, and
+# the op runs once over all RoIs whatever map each one reads (no per-level selection of RoIs, which on a GPU would
+# wait for the data to know how many there are).
+def _pixel_table(maps: Sequence[Tensor]) -> Tensor:
+    """[Tensor[N, C, H_l, W_l]] -> Tensor[P, C], P = sum_l N*H_l*W_l: every pixel of every map, map by map, each
+    map in (image, row, column) order."""
+    if len(maps) == 1:
+        return maps[0].permute(0, 2, 3, 1).reshape(-1, maps[0].shape[1])  # (N, C, H, W) -> (N*H*W, C)
+    table = maps[0].new_empty((sum(m.numel() for m in maps) // maps[0].shape[1], maps[0].shape[1]))
+    start = 0
+    for m in maps:  # each map copied once, straight into its rows: (N, C, H, W) -> (N, H, W, C) rows of the table
+        n, c, h, w = m.shape
+        table[start:start + n * h * w].view(n, h, w, c).copy_(m.permute(0, 2, 3, 1))
+        start += n * h * w
+    return table
+
+
+def _lookup(levels: Tensor, values: Sequence, dtype: torch.dtype) -> Tensor:
+    """values[levels] for a short Python list, built on levels' device (copying the list there would wait for it)."""
+    out = torch.full(levels.shape, values[0], dtype=dtype, device=levels.device)
+    for level, value in enumerate(values[1:], 1):
+        out = out.masked_fill(levels == level, value)
+    return out
+
+
+class _RoIMaps(NamedTuple):
+    """Where each RoI reads in the pixel table. base: Tensor[R] int64, the row of pixel (0, 0) of the RoI's image in
+    its map; height, width: that map's size; scale: image -> map coordinates. Plain numbers when every RoI reads the
+    same map; Tensor[R] int64 (height, width) and Tensor[R, 1] (scale) when RoIs read different levels."""
+    base: Tensor
+    height: Union[int, Tensor]
+    width: Union[int, Tensor]
+    scale: Union[float, Tensor]
+
+
+def _roi_maps(rois: Tensor, maps: Sequence[Tensor], scales: Sequence[float], levels: Tensor | None) -> _RoIMaps:
+    """rois: Tensor[R, 5]; maps: [Tensor[N, C, H_l, W_l]] with their scales; levels: Tensor[R] int64 index into
+    maps (None when there is one map) -> where each RoI reads in _pixel_table(maps)."""
+    batch = rois[:, 0].to(torch.int64)
+    if levels is None:
+        _, _, h, w = maps[0].shape
+        return _RoIMaps(batch * (h * w), h, w, float(scales[0]))
+    shapes = [m.shape for m in maps]
+    starts = list(itertools.accumulate((n * h * w for n, _, h, w in shapes), initial=0))  # each map's first row
+    height = _lookup(levels, [h for _, _, h, _ in shapes], torch.int64)
+    width = _lookup(levels, [w for _, _, _, w in shapes], torch.int64)
+    base = _lookup(levels, starts[:-1], torch.int64) + batch * height * width
+    return _RoIMaps(base, height, width, _lookup(levels, [float(s) for s in scales], rois.dtype)[:, None])
+
+
+def _per_roi(value, which, dims: int):
+    """A per-RoI quantity (a number, or Tensor[R]) for the RoIs `which`, shaped to broadcast against [Rc, ...]
+    (dims dimensions)."""
+    if not isinstance(value, Tensor):
+        return value
+    return value[which].view(-1, *([1] * (dims - 1)))
+
+
 # ----------------------------------------------------------------------------------------------------------- RoIAlign
-def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_ratio: int, aligned: bool):
+def _axis_samples(start: Tensor, end: Tensor, bins: int, size, sampling_ratio: int, aligned: bool):
     """Bilinear taps along one axis for every RoI, bin and sample (torchvision's rules).
 
-    start, end: Tensor[R] RoI edges on the feature map (already scaled and shifted) -> (low, high: int64 [R, bins, G],
-    w_low, w_high: [R, bins, G] weights already divided by the samples per bin; 0 for samples outside the map and
-    for the padding of RoIs with fewer samples than G).
+    start, end: Tensor[R] RoI edges on the feature map (already scaled and shifted); size: the map's extent along the
+    axis (an int, or Tensor[R] per RoI) -> (low, high: int64 [R, bins, G], w_low, w_high: [R, bins, G] weights already
+    divided by the samples per bin; 0 for samples outside the map and for the padding of RoIs with fewer samples
+    than G).
     """
+    size = _per_roi(size, slice(None), 3)
     length = end - start
     if not aligned:
         length = length.clamp(min=1.0)  # legacy: RoIs at least one feature pixel
@@ -107,7 +173,7 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
     pos = pos.clamp(min=0)
     low = pos.floor().to(torch.int64)
     at_edge = low >= size - 1  # the last row/column is repeated instead of reading past the map
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    low = torch.where(at_edge, size - 1, low)
     high = torch.where(at_edge, low, low + 1)
     pos = torch.where(at_edge, low.to(pos.dtype), pos)
     frac = pos - low.to(pos.dtype)
@@ -119,30 +185,31 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size: int, sampling_rat
 class _AlignPlan:
     """Which RoIs go together through the taps: chunks of RoIs whose taps fit _CHUNK_TAPS.
 
-    With a fixed sampling_ratio every RoI has the same number of taps; with adaptive sampling, RoIs are sorted by
-    their grid so that a chunk pads its RoIs to a grid close to their own.
+    With a fixed sampling_ratio every RoI has the same number of taps and chunks are slices in RoI order (nothing
+    read back from the device); with adaptive sampling, RoIs are sorted by their grid (read back: one host sync) so
+    that a chunk pads its RoIs to a grid close to their own.
     """
 
-    def __init__(self, rois: Tensor, shape, output_size, spatial_scale, sampling_ratio, aligned):
-        n, c, self.height, self.width = shape
+    def __init__(self, rois: Tensor, maps: _RoIMaps, output_size, sampling_ratio, aligned):
         self.ph, self.pw = output_size
-        self.sampling_ratio, self.aligned = sampling_ratio, aligned
-        self.batch = rois[:, 0].to(torch.int64)
+        self.maps, self.sampling_ratio, self.aligned = maps, sampling_ratio, aligned
         offset = 0.5 if aligned else 0.0
-        self.edges = rois[:, 1:] * spatial_scale - offset  # (R, 4) x1, y1, x2, y2 on the feature map
-        if sampling_ratio > 0:
-            side = torch.full((len(rois),), sampling_ratio, dtype=torch.int64)
-        else:  # adaptive: ceil(bin size) samples per bin side, as _axis_samples computes it
-            size = self.edges[:, 2:] - self.edges[:, :2]
-            if not aligned:
-                size = size.clamp(min=1.0)
-            side = torch.ceil(size / size.new_tensor([self.pw, self.ph])).amax(1).clamp(min=1).to(torch.int64).cpu()
-        self.order = torch.argsort(side, stable=True).to(rois.device)
-        self.in_order = sampling_ratio > 0  # equal grids: the order is the identity, chunks are slices
-        side = side[self.order.cpu()]
+        self.edges = rois[:, 1:] * maps.scale - offset  # (R, 4) x1, y1, x2, y2 on each RoI's map
         per_roi = 4 * self.ph * self.pw  # taps of one RoI per sample: ph * pw bins x 4 corners
+        r = len(rois)
+        if sampling_ratio > 0:
+            self.order = None
+            step = max(_CHUNK_TAPS // (sampling_ratio**2 * per_roi), 1)
+            self.chunks = [(start, min(start + step, r)) for start in range(0, r, step)]  # (start, stop) into the RoIs
+            return
+        size = self.edges[:, 2:] - self.edges[:, :2]  # adaptive: ceil(bin size) samples per side, as _axis_samples
+        if not aligned:
+            size = size.clamp(min=1.0)
+        side = torch.ceil(size / size.new_tensor([self.pw, self.ph])).amax(1).clamp(min=1).to(torch.int64).cpu()
+        order = torch.argsort(side, stable=True)
+        self.order, side = order.to(rois.device), side[order]
         self.chunks = []  # (start, stop) into self.order
-        start, r = 0, len(rois)
+        start = 0
         while start < r:
             cost = torch.arange(1, r - start + 1) * side[start:] ** 2 * per_roi  # increasing in the chunk's end
             stop = start + max(int(torch.searchsorted(cost, torch.tensor(_CHUNK_TAPS), right=True)), 1)
@@ -150,17 +217,17 @@ class _AlignPlan:
             start = stop
 
     def taps(self, start: int, stop: int):
-        """-> (which RoIs: a slice or int64 [Rc], pixel: int64 [Rc*ph*pw, T] flat (n, h, w) index,
+        """-> (which RoIs: a slice or int64 [Rc], pixel: int64 [Rc*ph*pw, T] row of the pixel table,
         weight: [Rc*ph*pw, T]), T = 4 G^2 taps per bin."""
-        idx = self.order[start:stop]
-        which = slice(start, stop) if self.in_order else idx
-        x1, y1, x2, y2 = self.edges[idx].unbind(1)
-        row, wy = self._axis(y1, y2, self.ph, self.height)  # (Rc, ph, 2G)
-        col, wx = self._axis(x1, x2, self.pw, self.width)  # (Rc, pw, 2G)
-        rc = len(idx)
+        which = slice(start, stop) if self.order is None else self.order[start:stop]
+        x1, y1, x2, y2 = self.edges[which].unbind(1)
+        rc = len(x1)
+        row, wy = self._axis(y1, y2, self.ph, _per_roi(self.maps.height, which, 1))  # (Rc, ph, 2G)
+        col, wx = self._axis(x1, x2, self.pw, _per_roi(self.maps.width, which, 1))  # (Rc, pw, 2G)
         # a bin's taps: every (row tap, column tap) pair, (Rc, ph, 1, 2G, 1) x (Rc, 1, pw, 1, 2G) -> (Rc, ph, pw, 2G, 2G)
-        image_row = self.batch[idx, None, None, None, None] * self.height + row[:, :, None, :, None]
-        pixel = image_row * self.width + col[:, None, :, None, :]
+        width = _per_roi(self.maps.width, which, 5)
+        base = self.maps.base[which, None, None, None, None]
+        pixel = base + row[:, :, None, :, None] * width + col[:, None, :, None, :]
         weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
         t = pixel.shape[-2] * pixel.shape[-1]
         return which, pixel.reshape(rc * self.ph * self.pw, t), weight.reshape(rc * self.ph * self.pw, t)
@@ -171,25 +238,25 @@ class _AlignPlan:
         return torch.stack((low, high), -1).flatten(2), torch.stack((w_low, w_high), -1).flatten(2)
 
 
-def _align_forward(features_nhwc: Tensor, plan: _AlignPlan, num_rois: int) -> Tensor:
-    """features_nhwc: Tensor[N*H*W, C] -> Tensor[R, ph*pw, C]: each bin the weighted sum of its taps' pixels."""
-    c = features_nhwc.shape[1]
+def _align_forward(table: Tensor, plan: _AlignPlan, num_rois: int) -> Tensor:
+    """table: Tensor[P, C] pixel rows -> Tensor[R, ph*pw, C]: each bin the weighted sum of its taps' pixels."""
+    c = table.shape[1]
     parts = []
     for start, stop in plan.chunks:
         which, pixel, weight = plan.taps(start, stop)
-        # a weighted gather-sum over rows of the channels-last map: (Rc*ph*pw, T) taps -> (Rc*ph*pw, C)
-        bins = F.embedding_bag(pixel, features_nhwc, per_sample_weights=weight, mode="sum")
+        # a weighted gather-sum over the table's rows: (Rc*ph*pw, T) taps -> (Rc*ph*pw, C)
+        bins = F.embedding_bag(pixel, table, per_sample_weights=weight, mode="sum")
         parts.append((which, bins.view(stop - start, plan.ph * plan.pw, c)))
-    if plan.in_order and len(parts) == 1:
+    if plan.order is None and len(parts) == 1:
         return parts[0][1]
-    out = features_nhwc.new_empty((num_rois, plan.ph * plan.pw, c))
+    out = table.new_empty((num_rois, plan.ph * plan.pw, c))
     for which, bins in parts:
         out[which] = bins
     return out
 
 
 def _align_backward(grad_out: Tensor, plan: _AlignPlan, num_pixels: int) -> Tensor:
-    """grad_out: Tensor[R, ph*pw, C] -> Tensor[N*H*W, C]: every pixel collects weight x gradient of the bins it fed.
+    """grad_out: Tensor[R, ph*pw, C] -> Tensor[P, C]: every pixel collects weight x gradient of the bins it fed.
 
     The transpose of the forward: the same (pixel, weight) taps, grouped by pixel instead of by bin (a sort), summed
     with the same weighted gather-sum.
@@ -210,21 +277,21 @@ def _align_backward(grad_out: Tensor, plan: _AlignPlan, num_pixels: int) -> Tens
 
 class _RoIAlign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        plan = _AlignPlan(rois, input.shape, output_size, spatial_scale, sampling_ratio, aligned)
-        n, c, h, w = input.shape
-        features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N, C, H, W) -> (N*H*W, C)
-        ctx.plan, ctx.shape = plan, input.shape
-        out = _align_forward(features, plan, len(rois))
-        return out.view(len(rois), plan.ph, plan.pw, c).permute(0, 3, 1, 2).contiguous()  # -> (R, C, ph, pw)
+    def forward(ctx, table, plan, num_rois):
+        ctx.plan, ctx.num_pixels = plan, len(table)
+        return _align_forward(table, plan, num_rois)
 
     @staticmethod
     def backward(ctx, grad_out):
-        n, c, h, w = ctx.shape
-        bins = ctx.plan.ph * ctx.plan.pw
-        g = grad_out.permute(0, 2, 3, 1).reshape(len(grad_out), bins, c).contiguous()  # (R, C, ph, pw) -> (R, ph*pw, C)
-        grad = _align_backward(g, ctx.plan, n * h * w)
-        return grad.view(n, h, w, c).permute(0, 3, 1, 2), None, None, None, None, None  # -> (N, C, H, W)
+        return _align_backward(grad_out.contiguous(), ctx.plan, ctx.num_pixels), None, None
+
+
+def _align(rois: Tensor, maps: Sequence[Tensor], scales: Sequence[float], levels: Tensor | None, output_size,
+           sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign of each RoI on its map (maps[levels[r]], or the one map): -> Tensor[R, C, ph, pw]."""
+    plan = _AlignPlan(rois, _roi_maps(rois, maps, scales, levels), output_size, sampling_ratio, aligned)
+    out = _RoIAlign.apply(_pixel_table(maps), plan, len(rois))
+    return out.view(len(rois), plan.ph, plan.pw, out.shape[2]).permute(0, 3, 1, 2).contiguous()  # -> (R, C, ph, pw)
 
 
 def roi_align(
@@ -249,18 +316,20 @@ def roi_align(
     if input.dtype in (torch.float16, torch.bfloat16):  # sums of many taps: accumulate in float32 (as under autocast)
         return roi_align(input.float(), boxes, output_size, spatial_scale, sampling_ratio, aligned).to(input.dtype)
     rois = convert_boxes_to_rois(boxes, input).detach()
-    return _RoIAlign.apply(input, rois, _pair(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
+    return _align(rois, [input], [spatial_scale], None, _pair(output_size), int(sampling_ratio), bool(aligned))
 
 
 # ------------------------------------------------------------------------------------------------------------ RoIPool
-def _pool_bins(start: Tensor, end: Tensor, bins: int, size: int):
-    """Quantised bin edges along one axis: start, end: Tensor[R] (rounded RoI edges, int64) -> (lo, hi: [R, bins])."""
+def _pool_bins(start: Tensor, end: Tensor, bins: int, size):
+    """Quantised bin edges along one axis: start, end: Tensor[R] (rounded RoI edges, int64); size: the map's extent
+    (an int, or Tensor[R] per RoI) -> (lo, hi: [R, bins])."""
     length = (end - start + 1).clamp(min=1)
     bin_size = length.to(torch.float32) / bins
     b = torch.arange(bins, dtype=torch.float32, device=start.device)
     lo = torch.floor(b[None] * bin_size[:, None]).to(torch.int64) + start[:, None]
     hi = torch.ceil((b[None] + 1) * bin_size[:, None]).to(torch.int64) + start[:, None]
-    return lo.clamp(0, size), hi.clamp(0, size)
+    size = _per_roi(size, slice(None), 2)
+    return lo.clamp(min=0).clamp(max=size), hi.clamp(min=0).clamp(max=size)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -270,56 +339,59 @@ def _round_half_away(x: Tensor) -> Tensor:
 
 class _RoIPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale):
-        n, c, h, w = input.shape
+    def forward(ctx, table, rois, maps, output_size):
+        """table: Tensor[P, C] pixel rows; maps: _RoIMaps -> Tensor[R, ph*pw, C] (each bin's max, 0 if empty)."""
         ph, pw = output_size
-        batch = rois[:, 0].to(torch.int64)
-        x1, y1, x2, y2 = (_round_half_away(rois[:, k] * spatial_scale).to(torch.int64) for k in range(1, 5))
-        ylo, yhi = _pool_bins(y1, y2, ph, h)  # (R, ph)
-        xlo, xhi = _pool_bins(x1, x2, pw, w)  # (R, pw)
-        len_y = int((yhi - ylo).max()) if len(rois) else 1
-        len_x = int((xhi - xlo).max()) if len(rois) else 1
-        len_y, len_x = max(len_y, 1), max(len_x, 1)
+        r, c = len(rois), table.shape[1]
+        x1, y1, x2, y2 = _round_half_away(rois[:, 1:] * maps.scale).to(torch.int64).unbind(1)
+        ylo, yhi = _pool_bins(y1, y2, ph, maps.height)  # (R, ph)
+        xlo, xhi = _pool_bins(x1, x2, pw, maps.width)  # (R, pw)
+        longest = torch.stack(((yhi - ylo).amax(), (xhi - xlo).amax())).tolist() if r else [1, 1]  # one host sync
+        len_y, len_x = max(longest[0], 1), max(longest[1], 1)
         rows = ylo[:, :, None] + torch.arange(len_y, device=ylo.device)  # (R, ph, Ly)
         cols = xlo[:, :, None] + torch.arange(len_x, device=xlo.device)  # (R, pw, Lx)
         row_ok, col_ok = rows < yhi[:, :, None], cols < xhi[:, :, None]
-        # flat index into one channel plane: (R, ph, Ly, pw, Lx); rows/cols past the bin are masked, clamp keeps it legal
-        plane = rows.clamp(max=h - 1)[:, :, :, None, None] * w + cols.clamp(max=w - 1)[:, None, None, :, :]
+        # table row of each bin's pixels: (R, ph, Ly, pw, Lx); rows/cols past the bin are masked, clamp keeps them legal
+        rows = rows.clamp(max=_per_roi(maps.height, slice(None), 3) - 1)
+        cols = cols.clamp(max=_per_roi(maps.width, slice(None), 3) - 1)
+        width = _per_roi(maps.width, slice(None), 5)
+        pixel = maps.base[:, None, None, None, None] + rows[:, :, :, None, None] * width + cols[:, None, None, :, :]
         ok = row_ok[:, :, :, None, None] & col_ok[:, None, None, :, :]
-        plane = plane.permute(0, 1, 3, 2, 4).reshape(len(rois), ph * pw, len_y * len_x)  # row-major inside a bin
-        ok = ok.permute(0, 1, 3, 2, 4).reshape(len(rois), ph * pw, len_y * len_x)
-        flat = input.reshape(n, c, h * w)
-        out = input.new_zeros((len(rois), c, ph * pw))
-        argmax = torch.full((len(rois), c, ph * pw), -1, dtype=torch.int64, device=input.device)
-        per_roi = c * ph * pw * len_y * len_x
-        step = max(_CHUNK_FLOATS // max(per_roi, 1), 1)
-        for s in range(0, len(rois), step):  # chunks of RoIs (bounded memory), not a loop over RoIs
+        pixel = pixel.permute(0, 1, 3, 2, 4).reshape(r, ph * pw, len_y * len_x)  # row-major inside a bin
+        ok = ok.permute(0, 1, 3, 2, 4).reshape(r, ph * pw, len_y * len_x)
+        out = table.new_zeros((r, ph * pw, c))
+        argmax = torch.full((r, ph * pw, c), -1, dtype=torch.int64, device=table.device)
+        step = max(_CHUNK_FLOATS // max(c * ph * pw * len_y * len_x, 1), 1)
+        for s in range(0, r, step):  # chunks of RoIs (bounded memory), not a loop over RoIs
             sl = slice(s, s + step)
-            idx = plane[sl].reshape(-1, 1, ph * pw * len_y * len_x).expand(-1, c, -1)  # (Rc, C, bins*L)
-            vals = torch.gather(flat[batch[sl]], 2, idx).view(-1, c, ph * pw, len_y * len_x)
-            vals = vals.masked_fill(~ok[sl, None], float("-inf"))
+            vals = table[pixel[sl]].masked_fill(~ok[sl, :, :, None], float("-inf"))  # (Rc, bins, L, C)
             # first maximum in row-major order, as the reference (argmax + gather: max(dim) with indices is
             # slow on a busy multi-threaded CPU)
-            where = vals.argmax(dim=3)
-            best = vals.gather(3, where[..., None])[..., 0]
-            nonempty = ok[sl].any(dim=2)[:, None, :]  # (Rc, 1, bins)
-            out[sl] = torch.where(nonempty, best, torch.zeros_like(best))
-            chosen = torch.gather(plane[sl, None].expand(-1, c, -1, -1), 3, where[..., None])[..., 0]
-            argmax[sl] = torch.where(nonempty, chosen, torch.full_like(chosen, -1))
-        ctx.save_for_backward(argmax, batch)
-        ctx.shape = input.shape
-        return out.view(len(rois), c, ph, pw)  # (R, C, ph*pw) -> (R, C, ph, pw)
+            where = vals.argmax(dim=2)  # (Rc, bins, C)
+            best = vals.gather(2, where[:, :, None])[:, :, 0]
+            nonempty = ok[sl].any(dim=2)[:, :, None]  # (Rc, bins, 1)
+            out[sl] = torch.where(nonempty, best, 0)
+            argmax[sl] = torch.where(nonempty, torch.gather(pixel[sl], 2, where), -1)
+        ctx.save_for_backward(argmax)
+        ctx.num_pixels = len(table)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        argmax, batch = ctx.saved_tensors
-        n, c, h, w = ctx.shape
-        grad = grad_out.new_zeros(n * c * h * w)
-        g = grad_out.reshape(argmax.shape)
-        hit = argmax >= 0  # empty bins send no gradient
-        target = (batch[:, None, None] * c + torch.arange(c, device=argmax.device)[None, :, None]) * (h * w) + argmax  # flat (n, c, h, w)
-        grad.index_add_(0, target[hit], g[hit])
-        return grad.view(n, c, h, w), None, None, None
+        (argmax,) = ctx.saved_tensors
+        c = argmax.shape[2]
+        grad = grad_out.new_zeros(ctx.num_pixels * c)
+        hit = argmax >= 0  # empty bins send no gradient (masked, not selected: no host sync)
+        target = argmax.clamp(min=0) * c + torch.arange(c, device=argmax.device)  # flat (pixel, channel)
+        grad.index_add_(0, target.flatten(), torch.where(hit, grad_out, 0).flatten())
+        return grad.view(ctx.num_pixels, c), None, None, None
+
+
+def _pool(rois: Tensor, maps: Sequence[Tensor], scales: Sequence[float], levels: Tensor | None, output_size) -> Tensor:
+    """RoIPool of each RoI on its map (maps[levels[r]], or the one map): -> Tensor[R, C, ph, pw]."""
+    ph, pw = output_size
+    out = _RoIPool.apply(_pixel_table(maps), rois, _roi_maps(rois, maps, scales, levels), output_size)
+    return out.view(len(rois), ph, pw, out.shape[2]).permute(0, 3, 1, 2).contiguous()  # (R, ph*pw, C) -> (R, C, ph, pw)
 
 
 def roi_pool(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float = 1.0) -> Tensor:
@@ -334,7 +406,7 @@ def roi_pool(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float =
     """
     _check_input(input, "roi_pool")
     rois = convert_boxes_to_rois(boxes, input).detach()
-    return _RoIPool.apply(input, rois, _pair(output_size), float(spatial_scale))
+    return _pool(rois, [input], [spatial_scale], None, _pair(output_size))
 
 
 # ------------------------------------------------------------------------------------------ readable references
@@ -444,14 +516,18 @@ def assign_levels(
     return (levels.clamp(min=k_min, max=k_max) - k_min).to(torch.int64)
 
 
-class MultiScaleRoIAlign(nn.Module):
-    """Pool every RoI from the FPN level that suits its size (RoIAlign, or RoIPool for the ablation).
+class MultiScaleRoIPooler(nn.Module):
+    """Pool every RoI from the FPN level that suits its size, with RoIAlign (or RoIPool, for notebook 06's ablation).
 
     featmap_names: which entries of the feature dict to use, finest first; output_size: int (S);
     sampling_ratio: samples per bin (<= 0 adaptive); aligned: half-pixel shift; pool: "align" | "pool".
     forward(features: dict[str, Tensor[N, C, H_l, W_l]], boxes: list[Tensor[R_i, 4]], image_sizes: list[(h, w)])
-    -> Tensor[sum R_i, C, S, S], RoIs in the order of the concatenated boxes.
+    -> Tensor[sum R_i, C, S, S] in the features' dtype, RoIs in the order of the concatenated boxes.
     Each level's scale is inferred as torchvision does: 2 ** round(log2(H_l / max image height)).
+    All RoIs are pooled at once, each from its own level (see _RoIMaps): no per-level selection of RoIs, so nothing
+    waits for the device to say how many RoIs a level has. Under mixed precision (autocast) the maps arrive in
+    float16 / bfloat16: pooling then runs on float32 copies with autocast off, as torchvision's roi_align does under
+    autocast (bilinear weights and sums keep full precision), and the result comes back in the maps' dtype.
 
     Built in notebooks/06_roialign_vs_roipool.ipynb.
     """
@@ -459,39 +535,35 @@ class MultiScaleRoIAlign(nn.Module):
     def __init__(self, featmap_names, output_size, sampling_ratio: int, aligned: bool = False, pool: str = "align"):
         super().__init__()
         if pool not in ("align", "pool"):
-            raise ValueError(f"MultiScaleRoIAlign: pool must be 'align' or 'pool', got {pool!r}")
+            raise ValueError(f"MultiScaleRoIPooler: pool must be 'align' or 'pool', got {pool!r}")
         if not featmap_names:
-            raise ValueError("MultiScaleRoIAlign: featmap_names is empty")
+            raise ValueError("MultiScaleRoIPooler: featmap_names is empty")
         self.featmap_names = list(featmap_names)
         self.output_size = _pair(output_size)
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.pool = pool
 
-    def _pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        if self.pool == "pool":
-            return roi_pool(feature, rois, self.output_size, scale)
-        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
-
     def forward(self, features: dict, boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> Tensor:
         missing = [name for name in self.featmap_names if name not in features]
         if missing:
-            raise ValueError(f"MultiScaleRoIAlign: features lack {missing} (have {list(features)})")
+            raise ValueError(f"MultiScaleRoIPooler: features lack {missing} (have {list(features)})")
         maps = [features[name] for name in self.featmap_names]
         max_h = max(int(size[0]) for size in image_sizes)
         scales = [2.0 ** round(math.log2(m.shape[-2] / max_h)) for m in maps]
-        rois = convert_boxes_to_rois(list(boxes), maps[0])
-        if len(maps) == 1:
-            return self._pool_level(maps[0], rois, scales[0])
-        k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
-        levels = assign_levels(rois[:, 1:], k_min, k_max)
-        n, c = maps[0].shape[:2]
-        out = maps[0].new_zeros((len(rois), c) + self.output_size)
-        for level, (feature, scale) in enumerate(zip(maps, scales)):
-            idx = torch.nonzero(levels == level).flatten()
-            if len(idx):
-                out = out.index_put((idx,), self._pool_level(feature, rois[idx], scale))
-        return out
+        dtype = maps[0].dtype
+        with torch.autocast(maps[0].device.type, enabled=False):
+            if dtype in (torch.float16, torch.bfloat16):
+                maps, boxes = [m.float() for m in maps], [b.float() for b in boxes]
+            rois = convert_boxes_to_rois(list(boxes), maps[0]).detach()
+            levels = None
+            if len(maps) > 1:
+                levels = assign_levels(rois[:, 1:], int(-math.log2(scales[0])), int(-math.log2(scales[-1])))
+            if self.pool == "pool":
+                pooled = _pool(rois, maps, scales, levels, self.output_size)
+            else:
+                pooled = _align(rois, maps, scales, levels, self.output_size, self.sampling_ratio, self.aligned)
+        return pooled.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- for the pictures

@@ -217,7 +217,7 @@ def test_rpn_proposals(run):
 
 @torch.no_grad()
 def test_box_head(run):
-    """MultiScaleRoIAlign (levels, scales, sampling 2, aligned False) + two FC + predictor, on the same proposals."""
+    """MultiScaleRoIPooler (levels, scales, sampling 2, aligned False) + two FC + predictor, on the same proposals."""
     class_logits, box_regression = run["ours"].roi_heads.box_forward(
         run["features"], run["proposals"], run["image_sizes"]
     )

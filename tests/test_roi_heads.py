@@ -11,13 +11,12 @@ from minimaskrcnn.roi_heads import (
     TwoMLPHead,
     assign_targets_to_proposals,
     mask_probabilities,
-    pool_outside_autocast,
     RoIHeads,
     positive_rois,
     postprocess_detections,
     sample_proposals,
 )
-from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 70.0, 60.0]])
 PROPOSALS = torch.tensor(
@@ -166,14 +165,14 @@ def _heads_pair():
     from torchvision.models.detection import roi_heads as tv
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead as TVTwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-    from torchvision.ops import MultiScaleRoIAlign as TVPool
+    from torchvision.ops import MultiScaleRoIPooler as TVPool
 
     from minimaskrcnn.roi_heads import RoIHeads
-    from minimaskrcnn.roi_ops import MultiScaleRoIAlign
+    from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 
     names = ["p2", "p3", "p4", "p5"]
-    ours = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(16 * 49, 32), BoxPredictor(32, 6),
-                    MultiScaleRoIAlign(names, 14, 2), MaskHead(16, (16,) * 4), MaskPredictor(16, 16, 6),
+    ours = RoIHeads(MultiScaleRoIPooler(names, 7, 2), TwoMLPHead(16 * 49, 32), BoxPredictor(32, 6),
+                    MultiScaleRoIPooler(names, 14, 2), MaskHead(16, (16,) * 4), MaskPredictor(16, 16, 6),
                     fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=64, positive_fraction=0.25,
                     box_coder_weights=(10.0, 10.0, 5.0, 5.0), score_thresh=0.0, nms_thresh=0.5, detections_per_img=100)
     theirs = tv.RoIHeads(TVPool(names, 7, 2), TVTwoMLPHead(16 * 49, 32), FastRCNNPredictor(32, 6), 0.5, 0.5, 64,
@@ -211,28 +210,11 @@ def test_roi_heads_match_torchvision_end_to_end():
             torch.testing.assert_close(g[k], e[k])
 
 
-def test_pool_outside_autocast_pools_in_float32_and_returns_the_features_dtype():
-    seen = {}
-
-    def pool(features, rois, image_sizes):
-        seen.update(dtypes={k: v.dtype for k, v in features.items()}, autocast=torch.is_autocast_enabled("cpu"))
-        return features["p2"].new_ones(len(rois[0]), 3) * features["p2"].sum()
-
-    features = {"p2": torch.ones(1, 3, 4, 4, dtype=torch.bfloat16)}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = pool_outside_autocast(pool, features, [GT], [(80, 80)])
-    assert seen == {"dtypes": {"p2": torch.float32}, "autocast": False}
-    assert out.dtype == torch.bfloat16 and out.shape == (2, 3)
-    # float32 / float64 features (no mixed precision) are passed through unchanged
-    out = pool_outside_autocast(pool, {"p2": torch.ones(1, 3, 4, 4, dtype=torch.float64)}, [GT], [(80, 80)])
-    assert seen["dtypes"] == {"p2": torch.float64} and out.dtype == torch.float64
-
-
 def test_detect_returns_its_intermediates_and_the_detections_follow_from_them():
     torch.manual_seed(0)
     names = ["p2", "p3", "p4", "p5"]
-    heads = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(8 * 49, 16), BoxPredictor(16, 4),
-                     MultiScaleRoIAlign(names, 14, 2), MaskHead(8, (8, 8)), MaskPredictor(8, 8, 4),
+    heads = RoIHeads(MultiScaleRoIPooler(names, 7, 2), TwoMLPHead(8 * 49, 16), BoxPredictor(16, 4),
+                     MultiScaleRoIPooler(names, 14, 2), MaskHead(8, (8, 8)), MaskPredictor(8, 8, 4),
                      fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=16, positive_fraction=0.25,
                      box_coder_weights=(10.0, 10.0, 5.0, 5.0), score_thresh=0.05, nms_thresh=0.5,
                      detections_per_img=10).eval()

@@ -1,8 +1,10 @@
 """Tests for minimaskrcnn.roi_ops: hand-computed values, borders, gradients, level assignment, torchvision parity."""
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from minimaskrcnn.roi_ops import (MultiScaleRoIAlign, assign_levels, roi_align, roi_align_reference, roi_pool,
+from minimaskrcnn.roi_ops import (MultiScaleRoIPooler, assign_levels, roi_align, roi_align_reference, roi_pool,
                                   roi_pool_reference)
 
 
@@ -239,16 +241,115 @@ def test_multiscale_pools_each_roi_from_its_level():
     torch.manual_seed(0)
     feats = {f"p{k}": torch.randn(2, 4, 256 // 2**k, 192 // 2**k) for k in (2, 3, 4, 5)}
     boxes = [torch.tensor([[0.0, 0, 20, 20], [0, 0, 240, 230]]), torch.tensor([[10.0, 20, 130, 140]])]
-    pooler = MultiScaleRoIAlign(list(feats), 7, 2)
+    pooler = MultiScaleRoIPooler(list(feats), 7, 2)
     out = pooler(feats, boxes, [(256, 192), (200, 180)])
     # 20 px -> level 2 (scale 1/4); sqrt(240 * 230) = 235 -> level 4 (1/16); 120 px -> level 3 (1/8)
     assert torch.allclose(out[0], roi_align(feats["p2"], [boxes[0][:1]], 7, 1 / 4, 2)[0])
     assert torch.allclose(out[1], roi_align(feats["p4"], [boxes[0][1:]], 7, 1 / 16, 2)[0])
     assert torch.allclose(out[2], roi_align(feats["p3"], [torch.zeros(0, 4), boxes[1]], 7, 1 / 8, 2)[0])
-    pooled = MultiScaleRoIAlign(list(feats), 7, 2, pool="pool")(feats, boxes, [(256, 192), (200, 180)])
+    pooled = MultiScaleRoIPooler(list(feats), 7, 2, pool="pool")(feats, boxes, [(256, 192), (200, 180)])
     assert torch.equal(pooled[0], roi_pool(feats["p2"], [boxes[0][:1]], 7, 1 / 4)[0])
     with pytest.raises(ValueError, match="p6"):
-        MultiScaleRoIAlign(["p6"], 7, 2)(feats, boxes, [(256, 192)])
+        MultiScaleRoIPooler(["p6"], 7, 2)(feats, boxes, [(256, 192)])
+
+
+def multiscale_case(generator):
+    """FPN-like maps p2..p5 of 2 images (float64) and boxes of every size (some past the border), with sizes."""
+    feats = {f"p{k}": torch.randn(2, 3, 256 // 2**k, 192 // 2**k, generator=generator, dtype=torch.float64)
+             for k in (2, 3, 4, 5)}
+    boxes = [rois_past_the_border(30, generator, 1, -20.0, 200.0, 600.0)[:, 1:] for _ in range(2)]
+    return feats, boxes, [(256, 192), (200, 180)]
+
+
+@pytest.mark.parametrize("pool", ["align", "pool"])
+def test_multiscale_equals_pooling_each_level_on_its_rois(pool):
+    """One pass over all RoIs, each reading its own level, = each level's RoIs pooled on their own (values and
+    gradients); every level gets some RoIs."""
+    generator = torch.Generator().manual_seed(3)
+    feats, boxes, sizes = multiscale_case(generator)
+    feats = {k: v.requires_grad_() for k, v in feats.items()}
+    out = MultiScaleRoIPooler(list(feats), 5, 2, True, pool=pool)(feats, boxes, sizes)
+    rois = torch.cat([torch.cat((torch.full((len(b), 1), float(i), dtype=b.dtype), b), 1) for i, b in enumerate(boxes)])
+    levels = assign_levels(rois[:, 1:], 2, 5)
+    assert sorted(set(levels.tolist())) == [0, 1, 2, 3]
+    weights = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad((out * weights).sum(), list(feats.values()))
+    expected = torch.zeros_like(out)
+    for level, name in enumerate(feats):
+        here = levels == level
+        if pool == "pool":
+            expected[here] = roi_pool(feats[name], rois[here], 5, 1 / 2 ** (level + 2))
+        else:
+            expected[here] = roi_align(feats[name], rois[here], 5, 1 / 2 ** (level + 2), 2, True)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(feats.values()))
+    assert torch.equal(out, expected)
+    for g, e in zip(grads, expected_grads):
+        assert torch.allclose(g, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_multiscale_pools_half_maps_in_float32_outside_autocast(dtype):
+    """Under autocast the maps arrive in half precision: pooled from float32 copies (autocast off), returned in the
+    maps' dtype; float64 maps stay float64."""
+    feats, boxes, sizes = multiscale_case(torch.Generator().manual_seed(4))
+    pooler = MultiScaleRoIPooler(list(feats), 7, 2)
+    half = {k: v.to(dtype) for k, v in feats.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pooler(half, [b.to(dtype) for b in boxes], sizes)
+    assert out.dtype == dtype
+    expected = pooler({k: v.float() for k, v in half.items()}, [b.to(dtype).float() for b in boxes], sizes)
+    assert torch.equal(out, expected.to(dtype))
+    assert pooler(feats, boxes, sizes).dtype == torch.float64
+
+
+class HostSyncCounter:
+    """Counts the operations that on a GPU make the host wait for the device: results whose size or value the host
+    must read -- nonzero, boolean-mask indexing, masked_select, equal, unique (seen as aten operations) and
+    item / tolist / bool() / int() / float() (seen as tensor methods)."""
+
+    ATEN = {"nonzero", "masked_select", "equal", "is_nonzero", "_unique2", "unique_dim", "unique_consecutive"}
+    METHODS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__"}
+
+    def __init__(self):
+        self.counts = {}
+        counts = self.counts
+
+        class Aten(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if name in HostSyncCounter.ATEN or (name in ("index", "index_put", "index_put_") and any(
+                        isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)):
+                    counts[name] = counts.get(name, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        class Methods(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                name = getattr(func, "__name__", "")
+                if name in HostSyncCounter.METHODS:
+                    counts[name] = counts.get(name, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        self.modes = (Methods(), Aten())
+
+    def __enter__(self):
+        for mode in self.modes:
+            mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for mode in reversed(self.modes):
+            mode.__exit__(*exc)
+
+
+def test_multiscale_align_reads_nothing_back_from_the_device():
+    """RoIAlign with a fixed sampling ratio (the model's): forward and backward over four levels without a single
+    host synchronisation; RoIPool (the ablation) reads its longest bin once."""
+    feats, boxes, sizes = multiscale_case(torch.Generator().manual_seed(5))
+    feats = {k: v.requires_grad_() for k, v in feats.items()}
+    for pool, expected in (("align", {}), ("pool", {"tolist": 1})):
+        with HostSyncCounter() as counter:
+            MultiScaleRoIPooler(list(feats), 7, 2, pool=pool)(feats, boxes, sizes).sum().backward()
+        assert counter.counts == expected, pool
 
 
 # ------------------------------------------------------------------------------------------------ torchvision
@@ -301,6 +402,6 @@ def test_multiscale_equals_torchvision():
     feats = {f"p{k}": torch.randn(2, 4, 256 // 2**k, 192 // 2**k, generator=g) for k in (2, 3, 4, 5)}
     boxes = [random_rois(g, 25, 1, 256, 192, 1.0)[:, 1:].float(), random_rois(g, 15, 1, 200, 180, 1.0)[:, 1:].float()]
     sizes = [(256, 192), (200, 180)]
-    ours = MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, sizes)
+    ours = MultiScaleRoIPooler(list(feats), 7, 2)(feats, boxes, sizes)
     ref = ops.MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, sizes)
     assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
