@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_syncs.py                  # ours only (torchvision does not import)
     .venv-reference/bin/python benchmarks/bench_syncs.py        # ours and torchvision's maskrcnn_resnet50_fpn
-    python benchmarks/bench_syncs.py --image-size 320 --sites   # also list where each of our syncs happens
+    python benchmarks/bench_syncs.py --image-size 320 --sites   # also list where each sync happens (file:line)
 
 Counts the operations that make the host wait for the GPU (minimaskrcnn.syncs.SYNC_KINDS: nonzero, boolean-mask
 indexing, .item(), bool(tensor), torch.equal, tolist, ...) with minimaskrcnn.syncs.SyncCounter, on the CPU: which
@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from minimaskrcnn import build_model
-from minimaskrcnn.syncs import SyncCounter, maskrcnn_stages
+from minimaskrcnn.syncs import inference_syncs, maskrcnn_stages, train_step_syncs
 
 
 def make_inputs(image_size: int):
@@ -63,8 +63,12 @@ def torchvision_model(ours: torch.nn.Module, image_size: int):
     from minimaskrcnn.weights import to_torchvision
 
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, min_size=image_size,
-                                  max_size=image_size, norm_layer=misc.FrozenBatchNorm2d)
-    model.load_state_dict(to_torchvision(ours.state_dict()), strict=False)
+                                  max_size=image_size)
+    for parent in list(model.modules()):  # frozen norms, as ours and torchvision's COCO model (no batch statistics)
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(parent, name, misc.FrozenBatchNorm2d(child.num_features, eps=child.eps))
+    model.load_state_dict(to_torchvision(ours.state_dict()))
     stages = {
         generalized_rcnn.GeneralizedRCNN.forward: "input checks",
         transform.GeneralizedRCNNTransform.forward: "transform",
@@ -87,22 +91,10 @@ def torchvision_model(ours: torch.nn.Module, image_size: int):
     return model, stages
 
 
-def count(model, stages, images, targets) -> tuple[SyncCounter, SyncCounter, int]:
-    """-> (counter of one training step, counter of one inference, detections found in the inference)."""
-    model.train()
-    with SyncCounter(stages) as train:
-        losses = model(images, targets)
-        sum(losses.values()).backward()
-    model.eval()
-    with torch.no_grad(), SyncCounter(stages) as infer:
-        detections = model(images)
-    return train, infer, sum(len(d["boxes"]) for d in detections)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image-size", type=int, default=320, help="long side of the two images (default 320)")
-    parser.add_argument("--sites", action="store_true", help="list where each of our syncs happens (file:line)")
+    parser.add_argument("--sites", action="store_true", help="list where each sync happens (file:line)")
     args = parser.parse_args()
     images, targets = make_inputs(args.image_size)
     ours = our_model(args.image_size)
@@ -116,11 +108,13 @@ def main():
     print(f"torch {torch.__version__}; r50_fpn, 91 classes, 2 images {[tuple(i.shape[-2:]) for i in images]}\n")
     totals = {}
     for name, (model, stages) in runs.items():
-        train, infer, found = count(model, stages, images, targets)
+        train = train_step_syncs(model, images, targets, stages)
+        infer, detections = inference_syncs(model, images, stages)
+        found = sum(len(d["boxes"]) for d in detections)
         totals[name] = (train.total(), infer.total())
         print(train.table(f"{name}: train step"), "\n")
         print(infer.table(f"{name}: inference ({found} detections)"), "\n")
-        if args.sites and name == "ours":
+        if args.sites:
             for title, counter in (("train", train), ("inference", infer)):
                 print(f"{name}, {title}: where")
                 for (stage, kind, site), n in sorted(counter.sites.items(), key=lambda item: (item[0][0], -item[1])):

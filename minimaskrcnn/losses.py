@@ -13,21 +13,40 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
-    """Summed smooth-L1: 0.5 x**2 / beta where |x| < beta, |x| - 0.5 beta elsewhere (beta = 0 is plain L1)."""
+def smooth_l1(input: Tensor, target: Tensor, beta: float, mask: Tensor | None = None) -> Tensor:
+    """Summed smooth-L1: 0.5 x**2 / beta where |x| < beta, |x| - 0.5 beta elsewhere (beta = 0 is plain L1).
+
+    mask: bool, broadcastable to input (None: all): only those elements count; the others' targets are replaced by
+    the input itself (loss and gradient 0, whatever they held, even inf). Masking a fixed-size tensor instead of
+    selecting its rows needs no host sync.
+    """
+    if mask is not None:
+        target = torch.where(mask, target, input.detach())
     if beta == 0:
         return (input - target).abs().sum()
     return F.smooth_l1_loss(input, target, beta=beta, reduction="sum")
 
 
-def rpn_objectness_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Binary cross-entropy of the sampled anchors. logits: Tensor[S], labels: Tensor[S] in {0, 1}; mean over S."""
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+def rpn_objectness_loss(logits: Tensor, labels: Tensor, sampled: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy of the sampled anchors. logits: Tensor[S], labels: Tensor[S] in {0, 1}; mean over S.
+
+    sampled: Tensor[S] bool (None: all): the anchors that count; the others' labels may be anything.
+    """
+    if sampled is None:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    return torch.where(sampled, loss, 0.0).sum() / sampled.sum()
 
 
-def rpn_box_loss(pred_deltas: Tensor, target_deltas: Tensor, num_sampled: int, beta: float = 1 / 9) -> Tensor:
-    """Smooth-L1 over the positive anchors' deltas (Tensor[P, 4] each), divided by the number sampled S."""
-    return smooth_l1(pred_deltas, target_deltas, beta) / max(num_sampled, 1)
+def rpn_box_loss(pred_deltas: Tensor, target_deltas: Tensor, num_sampled: int | Tensor, beta: float = 1 / 9,
+                 positive: Tensor | None = None) -> Tensor:
+    """Smooth-L1 over the positive anchors' deltas (Tensor[P, 4] each), divided by the number sampled S.
+
+    positive: Tensor[P] bool (None: all rows): the rows that count. num_sampled may be a Tensor (no host sync).
+    """
+    mask = None if positive is None else positive[:, None]
+    denominator = num_sampled.clamp(min=1) if isinstance(num_sampled, Tensor) else max(num_sampled, 1)
+    return smooth_l1(pred_deltas, target_deltas, beta, mask) / denominator
 
 
 def classifier_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
@@ -38,12 +57,12 @@ def classifier_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
 def box_regression_loss(box_deltas: Tensor, labels: Tensor, target_deltas: Tensor, beta: float = 1 / 9) -> Tensor:
     """Smooth-L1 on the deltas predicted for each positive RoI's own class, summed and divided by R.
 
-    box_deltas: Tensor[R, (K+1)*4] class-specific, labels: Tensor[R] (0 = background), target_deltas: Tensor[R, 4].
+    box_deltas: Tensor[R, (K+1)*4] class-specific, labels: Tensor[R] (0 = background), target_deltas: Tensor[R, 4]
+    (read for the positives only). The positives are a mask, not a selection: no host sync.
     """
-    positive = torch.where(labels > 0)[0]
     per_class = box_deltas.reshape(box_deltas.shape[0], -1, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
-    pred = per_class[positive, labels[positive]]  # (P, 4)
-    return smooth_l1(pred, target_deltas[positive], beta) / max(labels.numel(), 1)
+    pred = per_class[torch.arange(labels.numel(), device=labels.device), labels]  # (R, 4): each RoI's own class
+    return smooth_l1(pred, target_deltas, beta, (labels > 0)[:, None]) / max(labels.numel(), 1)
 
 
 def mask_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor) -> Tensor:

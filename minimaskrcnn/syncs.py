@@ -7,16 +7,22 @@ device memory. Each wait drains the queue and leaves the GPU idle until the host
 with hundreds of them is bound by the host. Which operations wait does not depend on the device, so they can be
 counted on a CPU: `SyncCounter` watches every torch call and tallies the waiting ones by kind and by model stage.
 
+Only calls on tensors that would live on the GPU count. On a CPU every tensor is on the CPU, so SyncCounter follows
+which ones would stay on the host in a GPU run: those made by a factory (torch.tensor, zeros, arange, ...) without a
+`device` argument, `.cpu()` results, and whatever is computed from those alone; `.to(device)` moves one back. Model
+inputs, parameters and tensors made with `device=...` (code writes `device=x.device` to follow its data) count.
+
     with SyncCounter(maskrcnn_stages()) as counter:
         losses = model(images, targets)
         sum(losses.values()).backward()
-    print(counter.table())
+    print(counter.table())          # or: print(train_step_syncs(model, images, targets).table())
 
 Shape glossary: none; this module counts calls, it computes nothing on tensors.
 """
 import inspect
 import os
 import sys
+import weakref
 from collections import Counter
 from typing import Callable
 
@@ -42,10 +48,10 @@ SYNC_KINDS = {
     "to Python": "bool(t), int(t), float(t), operator.index(t): also `if t:`, `while t:`, max(t, 1), range(t)",
     "tolist": "Tensor.tolist()",
     "cpu": "Tensor.cpu() / Tensor.numpy()",
-    "tensor(data)": "torch.tensor / as_tensor / asarray of Python data with a device given: a blocking copy to it",
+    "tensor(data)": "torch.tensor / as_tensor / asarray / new_tensor of Python data on a device: a blocking copy",
 }
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _THIS_FILE = __file__
 _BOOL_DTYPES = (torch.bool, torch.uint8)
 _UNIQUE_OPS = {"_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive"}
@@ -61,6 +67,7 @@ _FUNCTION_KINDS = {  # Python-level calls that wait on the device, whatever aten
     torch.Tensor.numpy: "cpu",
 }
 _FROM_DATA = (torch.tensor, torch.as_tensor, torch.asarray)
+_TO_HOST = (torch.Tensor.cpu, torch.Tensor.numpy)
 
 
 def _dispatch_kind(func, args, kwargs) -> str | None:
@@ -90,6 +97,17 @@ def _dispatch_kind(func, args, kwargs) -> str | None:
     return None
 
 
+def _tensors(args, kwargs=None) -> list:
+    """The tensors among args and kwargs' values, and inside lists or tuples there (as torch calls take them)."""
+    found = []
+    for arg in (*args, *(kwargs or {}).values()):
+        if isinstance(arg, torch.Tensor):
+            found.append(arg)
+        elif isinstance(arg, (list, tuple)):
+            found.extend(t for t in arg if isinstance(t, torch.Tensor))
+    return found
+
+
 def _code(fn: Callable):
     """The code object a stage's frames run: a function's, a method's, or an nn.Module class's forward."""
     if isinstance(fn, type):
@@ -113,6 +131,7 @@ class SyncCounter:
         self.counts: Counter = Counter()
         self.sites: Counter = Counter()
         self._inside_counted = 0  # > 0 while a Python-level counted call runs (its aten ops are not counted again)
+        self._host: dict[int, weakref.ref] = {}  # id -> tensor that would stay on the host in a GPU run
         self._modes = (_FunctionCounter(self), _DispatchCounter(self))
 
     def __enter__(self) -> "SyncCounter":
@@ -123,6 +142,19 @@ class SyncCounter:
     def __exit__(self, *exc) -> None:
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
+
+    def is_host(self, tensor) -> bool:
+        ref = self._host.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def all_host(self, tensors: list) -> bool:
+        """Whether tensors (a non-empty list) would all stay on the host in a GPU run."""
+        return bool(tensors) and all(self.is_host(t) for t in tensors)
+
+    def mark_host(self, out) -> None:
+        for tensor in _tensors((out,)):
+            key = id(tensor)
+            self._host[key] = weakref.ref(tensor, lambda ref, key=key: self._host.get(key) is ref and self._host.pop(key))
 
     def record(self, kind: str) -> None:
         stage, site = "other", None
@@ -163,38 +195,85 @@ class SyncCounter:
 
 
 class _FunctionCounter(TorchFunctionMode):
+    """Counts the Python-level kinds, and follows which tensors would stay on the host (see the module docstring)."""
+
     def __init__(self, counter: SyncCounter):
         super().__init__()
         self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        counter = self.counter
+        tensors = _tensors(args, kwargs)
+        on_host = counter.all_host(tensors)
         kind = _FUNCTION_KINDS.get(func)
-        if kind is None and func in _FROM_DATA and kwargs.get("device") is not None and args \
-                and not isinstance(args[0], torch.Tensor):
-            kind = "tensor(data)"
+        if func in _FROM_DATA or func is torch.Tensor.new_tensor:
+            data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else None)
+            to_device = kwargs.get("device") is not None or (func is torch.Tensor.new_tensor and not on_host)
+            kind = "tensor(data)" if to_device and not isinstance(data, torch.Tensor) else None
+        elif on_host:
+            kind = None  # a host tensor's value is already on the host
         if kind is None:
-            return func(*args, **kwargs)
-        self.counter.record(kind)
-        self.counter._inside_counted += 1
-        try:
-            return func(*args, **kwargs)
-        finally:
-            self.counter._inside_counted -= 1
+            out = func(*args, **kwargs)
+        else:
+            counter.record(kind)
+            counter._inside_counted += 1
+            try:
+                out = func(*args, **kwargs)
+            finally:
+                counter._inside_counted -= 1
+        to_device = func is torch.Tensor.cuda or (func is torch.Tensor.to and (
+            "device" in kwargs or any(isinstance(a, (str, torch.device, torch.Tensor)) for a in args[1:])))
+        if (func in _TO_HOST or to_device) and any(out is t for t in tensors):
+            out = out.view_as(out)  # a no-op move on the CPU: a new alias, to tag apart from its source
+        if func in _TO_HOST or (not tensors and kwargs.get("device") is None):  # .cpu(), or made on the host
+            counter.mark_host(out)
+        elif to_device:
+            counter._host.pop(id(out), None)
+        return out
 
 
 class _DispatchCounter(TorchDispatchMode):
+    """Counts the aten-level kinds; what is computed from host tensors alone stays on the host."""
+
     def __init__(self, counter: SyncCounter):
         super().__init__()
         self.counter = counter
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not self.counter._inside_counted:
+        counter = self.counter
+        on_host = counter.all_host(_tensors(args, kwargs))
+        if not counter._inside_counted and not on_host:
             kind = _dispatch_kind(func, args, kwargs)
             if kind is not None:
-                self.counter.record(kind)
-        return func(*args, **kwargs)
+                counter.record(kind)
+        out = func(*args, **kwargs)
+        if on_host:
+            counter.mark_host(out)
+        return out
+
+
+def train_step_syncs(model: torch.nn.Module, images: list, targets: list[dict],
+                     stages: dict[Callable, str] | None = None) -> SyncCounter:
+    """The syncs of one training step of a detection model (forward, then backward of the summed losses).
+
+    stages: as SyncCounter's; maskrcnn_stages() when None. Leaves the model in training mode.
+    """
+    model.train()
+    with SyncCounter(maskrcnn_stages() if stages is None else stages) as counter:
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+    return counter
+
+
+def inference_syncs(model: torch.nn.Module, images: list,
+                    stages: dict[Callable, str] | None = None) -> tuple[SyncCounter, list[dict]]:
+    """The syncs of one inference (eval mode, no_grad) -> (counter, the detections). Leaves the model in eval mode."""
+    model.eval()
+    with torch.no_grad(), SyncCounter(maskrcnn_stages() if stages is None else stages) as counter:
+        detections = model(images)
+    return counter, detections
 
 
 def maskrcnn_stages() -> dict[Callable, str]:
