@@ -120,8 +120,18 @@ def decode_boxes(
 # 320 and 512 px and on 3000 clustered boxes at IoU 0.3 / 0.5 / 0.7. A block that needs more is caught at the end of
 # the call (settled is False), which then runs again settling each block before the next.
 NMS_ROUNDS = 8
-# Most IoU entries nms_mask computes at once (block x earlier boxes): 2**24 keeps its temporaries at 64 MB each.
+# Boxes that nms / batched_nms settle at once, sync-free, before one host sync learns how many were kept; later
+# segments compare only with those. 2048 holds the RPN's per-level NMS (pre_nms_top_n up to 2000) and usual detection
+# post-processing; more boxes cost a sync per 2048. (One segment compares all its pairs: larger ones cost the CPU.)
+NMS_SEGMENT = 2048
+# Most IoU entries computed at once when boxes are compared with earlier ones: 2**24 (64 MB per temporary).
 _MAX_PAIRS = 2**24
+
+
+def _columns(boxes: Tensor) -> Tensor:
+    """boxes: Tensor[G, n, 4] -> Tensor[G, 5, n]: x1, y1, x2, y2 and area as rows (contiguous columns per box)."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return torch.cat((boxes.transpose(1, 2), area[:, None]), dim=1).contiguous()
 
 
 def _overlaps(cols1: Tensor, cols2: Tensor, iou_threshold: float) -> Tensor:
@@ -131,6 +141,27 @@ def _overlaps(cols1: Tensor, cols2: Tensor, iou_threshold: float) -> Tensor:
     height = torch.min(cols1[:, 3, :, None], cols2[:, 3, None]) - torch.max(cols1[:, 1, :, None], cols2[:, 1, None])
     inter = width.clamp_(min=0).mul_(height.clamp_(min=0))  # (G, N, M)
     return inter / (cols1[:, 4, :, None] + cols2[:, 4, None] - inter) > iou_threshold
+
+
+def _suppressed(cols: Tensor, earlier: Tensor, iou_threshold: float, earlier_kept: Tensor | None,
+                groups: Tensor | None, earlier_groups: Tensor | None) -> Tensor:
+    """Which of the boxes cols: Tensor[G, 5, N] overlap a kept one of earlier: Tensor[G, 5, M] -> Tensor[G, N] bool.
+
+    earlier_kept: Tensor[G, M] bool (None: all kept); groups / earlier_groups: Tensor[G, N] / [G, M] (None: one
+    group), only the same group suppresses. The earlier boxes are taken a chunk at a time (_MAX_PAIRS).
+    """
+    num_problems, _, n = cols.shape
+    out = torch.zeros((num_problems, n), dtype=torch.bool, device=cols.device)
+    chunk = max(1, _MAX_PAIRS // (num_problems * max(n, 1)))
+    for first in range(0, earlier.shape[2], chunk):
+        part = slice(first, first + chunk)
+        over = _overlaps(cols, earlier[:, :, part], iou_threshold)  # (G, N, chunk)
+        if earlier_kept is not None:
+            over &= earlier_kept[:, None, part]
+        if groups is not None:
+            over &= groups[:, :, None] == earlier_groups[:, None, part]
+        out |= over.any(dim=2)
+    return out
 
 
 def _settle(alive: Tensor, overlaps: Tensor, survive: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
@@ -163,32 +194,28 @@ def nms_mask(boxes: Tensor, iou_threshold: float, alive: Tensor | None = None, g
       2. the block settles among itself. Box i survives iff no surviving box j < i of the block overlaps it.
          Starting from "all alive boxes survive" and re-applying that rule makes entries 0..t exact after t rounds
          (entry i only depends on earlier ones), so the rounds reach the one fixed point, the greedy answer.
+    Every pair of boxes is compared once: O(n^2) work, meant for the few thousand boxes of one NMS problem.
     """
     *batch, n, _ = boxes.shape
-    boxes = upcast(boxes).reshape(-1, n, 4)  # (..., n, 4) -> (G, n, 4)
-    num_problems, device = boxes.shape[0], boxes.device
+    cols = _columns(upcast(boxes).reshape(-1, n, 4))  # (..., n, 4) -> (G, n, 4) -> (G, 5, n)
+    num_problems, device = cols.shape[0], cols.device
     alive = torch.ones((num_problems, n), dtype=torch.bool, device=device) if alive is None else alive.reshape(-1, n)
     groups = None if groups is None else groups.reshape(-1, n)
     if block_size is None:
         block_size = 256 if device.type == "cpu" else 4096
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    cols = torch.cat((boxes.transpose(1, 2), area[:, None]), dim=1).contiguous()  # (G, n, 4) -> (G, 5, n) with areas
-    chunk = max(block_size, _MAX_PAIRS // (num_problems * block_size))  # earlier boxes compared at once
     keep = torch.zeros((num_problems, n), dtype=torch.bool, device=device)
     settled = torch.ones((), dtype=torch.bool, device=device)
     for start in range(0, n, block_size):
         end = min(start + block_size, n)
         block, block_alive = cols[:, :, start:end], alive[:, start:end]
-        for first in range(0, start, chunk):  # 1. suppressed by boxes kept in earlier blocks
-            last = min(first + chunk, start)
-            over = _overlaps(block, cols[:, :, first:last], iou_threshold) & keep[:, None, first:last]
-            if groups is not None:
-                over &= groups[:, start:end, None] == groups[:, None, first:last]
-            block_alive = block_alive & ~over.any(dim=2)
+        block_groups = None if groups is None else groups[:, start:end]
+        if start:  # 1. suppressed by boxes kept in earlier blocks
+            block_alive = block_alive & ~_suppressed(block, cols[:, :, :start], iou_threshold, keep[:, :start],
+                                                     block_groups, None if groups is None else groups[:, :start])
         # 2. within the block: overlaps[j, i] = box j comes before box i and overlaps it
         over = _overlaps(block, block, iou_threshold)
         if groups is not None:
-            over &= groups[:, start:end, None] == groups[:, None, start:end]
+            over &= block_groups[:, :, None] == block_groups[:, None, :]
         overlaps = over.triu_(diagonal=1).float()  # 0/1 counts, summed exactly by a matrix product
         survive, block_settled = _settle(block_alive, overlaps, block_alive, NMS_ROUNDS)
         while exact and not block_settled:  # a host sync per NMS_ROUNDS rounds
@@ -200,15 +227,29 @@ def nms_mask(boxes: Tensor, iou_threshold: float, alive: Tensor | None = None, g
 
 def _sorted_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None,
                 block_size: int | None) -> Tensor:
-    """nms / batched_nms: sort by score, nms_mask, then the one host sync of the call (how many boxes are kept)."""
+    """nms / batched_nms: sort by score, then NMS_SEGMENT boxes at a time: those kept by earlier segments suppress,
+    nms_mask settles the rest, one host sync learns how many it kept. -> indices of the kept boxes, best first."""
     order = torch.argsort(scores, descending=True, stable=True)
+    boxes = upcast(boxes)[order]
     groups = None if groups is None else groups[order]
-    keep, settled = nms_mask(boxes[order], iou_threshold, groups=groups, block_size=block_size)
-    kept = torch.nonzero(keep & settled)[:, 0]  # the best box is always kept: empty only when not settled
-    if kept.numel() == 0:
-        keep, _ = nms_mask(boxes[order], iou_threshold, groups=groups, block_size=block_size, exact=True)
-        kept = torch.nonzero(keep)[:, 0]
-    return order[kept]
+    kept = []  # indices into the sorted boxes, per segment
+    for start in range(0, len(order), NMS_SEGMENT):
+        part = slice(start, start + NMS_SEGMENT)
+        seg_groups = None if groups is None else groups[part]
+        alive = None
+        if kept:  # suppressed by the boxes earlier segments kept
+            previous = torch.cat(kept)
+            alive = ~_suppressed(_columns(boxes[None, part]), _columns(boxes[None, previous]), iou_threshold, None,
+                                 None if groups is None else seg_groups[None], None if groups is None
+                                 else groups[None, previous])[0]
+        for exact in (False, True):  # exact only when a block needed more than NMS_ROUNDS rounds
+            keep, settled = nms_mask(boxes[part], iou_threshold, alive, seg_groups, block_size, exact)
+            count, settled = torch.stack((keep.sum(), settled.long())).tolist()  # the host sync of the segment
+            if settled:
+                break
+        # the kept boxes' indices in order, without nonzero: a stable sort puts the count kept ones first
+        kept.append(start + torch.argsort((~keep).to(torch.uint8), stable=True)[:count])
+    return order[torch.cat(kept)]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int | None = None) -> Tensor:
@@ -219,8 +260,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int | N
     > iou_threshold. Built in notebooks/03_box_coding_nms.ipynb.
 
     The greedy loop "take the best box, drop what it overlaps, repeat" runs on whole blocks of boxes at once
-    (nms_mask); block_size only tunes speed and memory. One host synchronisation per call (the number of boxes
-    kept), as torchvision's CUDA nms.
+    (nms_mask); block_size only tunes speed and memory. One host synchronisation per NMS_SEGMENT boxes (the number
+    of boxes kept), as torchvision's CUDA nms has one per call.
     """
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"nms: boxes must be Tensor[N, 4] and scores Tensor[N], got {tuple(boxes.shape)} "
@@ -235,7 +276,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     One nms pass does every category at once (no Python loop over categories): only boxes of the same category
     suppress each other. The IoUs are those of the boxes themselves, so the answer is exactly that of nms run on each
-    category (no coordinate offsets, which would round). One host synchronisation per call.
+    category (no coordinate offsets, which would round). One host synchronisation per NMS_SEGMENT boxes.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+import minimaskrcnn.boxes as boxes_module
 from minimaskrcnn.boxes import (
     BBOX_XFORM_CLIP,
     batched_nms,
@@ -127,15 +128,17 @@ def test_nms_properties(thr, seed):
     check_nms_properties(boxes, scores, keep, thr)
 
 
-def test_nms_many_boxes_several_blocks():
+def test_nms_many_boxes_several_blocks(monkeypatch):
     g = torch.Generator().manual_seed(3)
     boxes = clustered_boxes(3000, g, clusters=300).float()
     scores = torch.rand(3000, generator=g)
-    keep = nms(boxes, scores, 0.5)
+    keep = nms(boxes, scores, 0.5)  # two segments (NMS_SEGMENT 2048)
     check_nms_properties(boxes, scores, keep, 0.5)
-    # the block size is only an implementation detail
+    # the block and segment sizes are only implementation details
     assert nms(boxes, scores, 0.5, block_size=7).tolist() == keep.tolist()
     assert nms(boxes, scores, 0.5, block_size=5000).tolist() == keep.tolist()
+    monkeypatch.setattr(boxes_module, "NMS_SEGMENT", 100)
+    assert nms(boxes, scores, 0.5).tolist() == keep.tolist()
 
 
 def test_nms_by_hand_and_edge_cases():

@@ -118,7 +118,8 @@ def model():
 TRAIN_BUDGET = {"input checks": 9, "transform": 12, "backbone": 0, "rpn": 1, "sampling": 11, "roi pooling": 11,
                 "heads": 0, "losses": 10, "post-processing": 0, "backward": 3}  # 57 in all
 INFERENCE_BUDGET = {"input checks": 1, "transform": 4, "backbone": 0, "rpn": 1, "sampling": 0, "roi pooling": 12,
-                    "heads": 0, "losses": 0, "post-processing": 16, "backward": 0}  # 34 in all
+                    "heads": 0, "losses": 0, "post-processing": 18, "backward": 0}  # 36 in all
+# (post-processing: this random model has 2000-3000 candidates per image, so batched_nms takes two NMS_SEGMENTs)
 
 
 def over_budget(counter: SyncCounter, budget: dict) -> dict:
