@@ -244,9 +244,9 @@ class _DispatchCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         counter = self.counter
         on_host = counter.all_host(_tensors(args, kwargs))
-        if not counter._inside_counted and not on_host:
+        if not counter._inside_counted:
             kind = _dispatch_kind(func, args, kwargs)
-            if kind is not None:
+            if kind is not None and (kind == "device copy" or not on_host):
                 counter.record(kind)
         out = func(*args, **kwargs)
         if on_host:
