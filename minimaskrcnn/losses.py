@@ -13,18 +13,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def smooth_l1(input: Tensor, target: Tensor, beta: float, mask: Tensor | None = None) -> Tensor:
-    """Summed smooth-L1: 0.5 x**2 / beta where |x| < beta, |x| - 0.5 beta elsewhere (beta = 0 is plain L1).
-
-    mask: bool, broadcastable to input (None: all): only those elements count; the others' targets are replaced by
-    the input itself (loss and gradient 0, whatever they held, even inf). Masking a fixed-size tensor instead of
-    selecting its rows needs no host sync.
-    """
-    if mask is not None:
-        target = torch.where(mask, target, input.detach())
+def smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Summed smooth-L1: 0.5 x**2 / beta where |x| < beta, |x| - 0.5 beta elsewhere (beta = 0 is plain L1)."""
     if beta == 0:
         return (input - target).abs().sum()
     return F.smooth_l1_loss(input, target, beta=beta, reduction="sum")
+
+
+def _masked_target(input: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """target where mask (bool, broadcastable), elsewhere input itself (detached): those elements then add 0 to a
+    distance loss and get gradient 0, whatever their target held (even inf). A mask over a fixed-size tensor instead
+    of a selection of its rows: no host sync."""
+    return torch.where(mask, target, input.detach())
 
 
 def rpn_objectness_loss(logits: Tensor, labels: Tensor, sampled: Tensor | None = None) -> Tensor:
@@ -44,9 +44,10 @@ def rpn_box_loss(pred_deltas: Tensor, target_deltas: Tensor, num_sampled: int | 
 
     positive: Tensor[P] bool (None: all rows): the rows that count. num_sampled may be a Tensor (no host sync).
     """
-    mask = None if positive is None else positive[:, None]
+    if positive is not None:
+        target_deltas = _masked_target(pred_deltas, target_deltas, positive[:, None])
     denominator = num_sampled.clamp(min=1) if isinstance(num_sampled, Tensor) else max(num_sampled, 1)
-    return smooth_l1(pred_deltas, target_deltas, beta, mask) / denominator
+    return smooth_l1(pred_deltas, target_deltas, beta) / denominator
 
 
 def classifier_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
@@ -62,7 +63,8 @@ def box_regression_loss(box_deltas: Tensor, labels: Tensor, target_deltas: Tenso
     """
     per_class = box_deltas.reshape(box_deltas.shape[0], -1, 4)  # (R, (K+1)*4) -> (R, K+1, 4)
     pred = per_class[torch.arange(labels.numel(), device=labels.device), labels]  # (R, 4): each RoI's own class
-    return smooth_l1(pred, target_deltas, beta, (labels > 0)[:, None]) / max(labels.numel(), 1)
+    target_deltas = _masked_target(pred, target_deltas, (labels > 0)[:, None])
+    return smooth_l1(pred, target_deltas, beta) / max(labels.numel(), 1)
 
 
 def mask_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor) -> Tensor:
