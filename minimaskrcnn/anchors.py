@@ -53,7 +53,10 @@ class AnchorGenerator(nn.Module):
         if len(sizes) != len(aspect_ratios):
             raise ValueError(f"one entry per level: {len(sizes)} sizes but {len(aspect_ratios)} aspect_ratios")
         self.sizes, self.aspect_ratios = sizes, aspect_ratios
-        self.cells = [cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios)]
+        self.cells = [cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios)]  # float32, on the CPU
+        # device -> the cells copied there, once: a copy from the CPU to a GPU makes the host wait for the GPU.
+        # (A cache, not buffers: model.half() would round buffers, and anchors stay float32.)
+        self._cells_on: dict[torch.device, list[Tensor]] = {}
 
     def num_anchors_per_location(self) -> list[int]:
         return [len(c) for c in self.cells]
@@ -67,10 +70,13 @@ class AnchorGenerator(nn.Module):
         """
         if len(feature_sizes) != len(self.cells):
             raise ValueError(f"{len(feature_sizes)} feature levels but anchors are configured for {len(self.cells)}")
+        device = torch.device(device or "cpu")
+        if device not in self._cells_on:
+            self._cells_on[device] = [cell.to(device) for cell in self.cells]
         anchors = []
-        for cell, (h, w) in zip(self.cells, feature_sizes):
+        for cell, (h, w) in zip(self._cells_on[device], feature_sizes):
             stride = (batch_shape[0] // h, batch_shape[1] // w)
-            anchors.append(grid_anchors(cell.to(device), (h, w), stride))
+            anchors.append(grid_anchors(cell, (h, w), stride))
         return anchors
 
 

@@ -31,19 +31,18 @@ class Matcher:
     def __call__(self, iou: Tensor) -> Tensor:
         """iou: Tensor[G, P] -> Tensor[P] int64: matched ground-truth index, -1 (negative) or -2 (ignored).
 
-        With no ground truth (G == 0) every prediction is a negative.
+        With no ground truth (G == 0) every prediction is a negative. Masked arithmetic only: no host sync.
         """
         if iou.shape[0] == 0:
             return torch.full((iou.shape[1],), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
-        best_iou, matches = iou.max(dim=0)  # (P,), (P,)
-        raw_matches = matches.clone()
-        matches[best_iou < self.low] = self.BELOW_LOW_THRESHOLD
-        matches[(best_iou >= self.low) & (best_iou < self.high)] = self.BETWEEN_THRESHOLDS
+        best_iou, best_gt = iou.max(dim=0)  # (P,), (P,)
+        matches = torch.where(best_iou < self.high, self.BETWEEN_THRESHOLDS, best_gt)
+        matches = torch.where(best_iou < self.low, self.BELOW_LOW_THRESHOLD, matches)
         if self.allow_low_quality_matches:
             best_per_gt = iou.max(dim=1).values  # (G,)
-            # every (gt, prediction) pair that reaches its ground truth's best overlap, ties included
-            _, pred_idx = torch.where(iou == best_per_gt[:, None])
-            matches[pred_idx] = raw_matches[pred_idx]
+            # predictions in a (gt, prediction) pair that reaches its ground truth's best overlap, ties included
+            is_best = (iou == best_per_gt[:, None]).any(dim=0)  # (G, P) -> (P,)
+            matches = torch.where(is_best, best_gt, matches)
         return matches
 
 
@@ -59,19 +58,35 @@ class BalancedSampler:
         self.positive_fraction = positive_fraction
 
     def __call__(self, labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """labels: [Tensor[P_i]] per image -> (positive masks, negative masks), each [Tensor[P_i] bool]."""
+        """labels: [Tensor[P_i]] per image -> (positive masks, negative masks), each [Tensor[P_i] bool].
+
+        Draws as torchvision's sampler does (torch.randperm over each image's positives, then its negatives), so the
+        same seed picks the same predictions; randperm needs their numbers on the host: one host sync per call.
+        """
+        if not labels:
+            return [], []
+        positive = [lab >= 1 for lab in labels]
+        negative = [lab == 0 for lab in labels]
+        counts = torch.stack([torch.stack((p.sum(), n.sum())) for p, n in zip(positive, negative)]).tolist()
         pos_masks, neg_masks = [], []
-        for lab in labels:
-            positive = torch.where(lab >= 1)[0]
-            negative = torch.where(lab == 0)[0]
-            num_pos = min(int(self.batch_size_per_image * self.positive_fraction), positive.numel())
-            num_neg = min(self.batch_size_per_image - num_pos, negative.numel())
-            pos = positive[torch.randperm(positive.numel(), device=lab.device)[:num_pos]]
-            neg = negative[torch.randperm(negative.numel(), device=lab.device)[:num_neg]]
-            pos_mask = torch.zeros_like(lab, dtype=torch.bool)
-            neg_mask = torch.zeros_like(lab, dtype=torch.bool)
-            pos_mask[pos] = True
-            neg_mask[neg] = True
-            pos_masks.append(pos_mask)
-            neg_masks.append(neg_mask)
+        for pos, neg, (num_positive, num_negative) in zip(positive, negative, counts):
+            num_pos = min(int(self.batch_size_per_image * self.positive_fraction), num_positive)
+            num_neg = min(self.batch_size_per_image - num_pos, num_negative)
+            pos_masks.append(_pick(pos, num_positive, num_pos))
+            neg_masks.append(_pick(neg, num_negative, num_neg))
         return pos_masks, neg_masks
+
+
+def _pick(candidates: Tensor, count: int, num: int) -> Tensor:
+    """A random `num` of the `count` True entries of candidates: Tensor[P] bool -> Tensor[P] bool.
+
+    torch.randperm(count)[:num] gives the ranks of the chosen ones among the candidates in index order, as
+    torchvision's `candidate_indices[randperm(count)[:num]]`, found by rank (cumsum) instead of by index (nonzero).
+    """
+    ranks = torch.randperm(count, device=candidates.device)[:num]  # drawn even for count 0: the same random stream
+    if count == 0:
+        return torch.zeros_like(candidates)
+    chosen = torch.zeros(count, dtype=torch.bool, device=candidates.device)
+    chosen[ranks] = True
+    rank = (candidates.cumsum(dim=0) - 1).clamp(min=0)  # (P,): each candidate's rank among the candidates
+    return candidates & chosen[rank]

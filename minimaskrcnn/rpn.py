@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
-from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes, upcast
+from minimaskrcnn.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, large_boxes, nms_mask, upcast
 from minimaskrcnn.losses import rpn_box_loss, rpn_objectness_loss
 from minimaskrcnn.matching import BalancedSampler, Matcher
 
@@ -78,9 +78,7 @@ def assign_targets(anchors: Tensor, gt_boxes: Tensor, matcher: Matcher) -> tuple
         return labels, torch.zeros_like(anchors)
     matches = matcher(box_iou(gt_boxes, anchors))  # (G, T) -> (T,)
     matched_boxes = gt_boxes[matches.clamp(min=0)]
-    labels = (matches >= 0).to(anchors.dtype)
-    labels[matches == Matcher.BELOW_LOW_THRESHOLD] = 0.0
-    labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1.0
+    labels = torch.where(matches == Matcher.BETWEEN_THRESHOLDS, -1.0, (matches >= 0).to(anchors.dtype))
     return labels, matched_boxes
 
 
@@ -89,15 +87,16 @@ def rpn_losses(objectness: Tensor, pred_deltas: Tensor, labels: list[Tensor], ta
     """objectness: Tensor[N, T] logits, pred_deltas: Tensor[N, T, 4], labels / target_deltas per image
     ([Tensor[T]], [Tensor[T, 4]]) -> {"loss_objectness": BCE over the sampled anchors (mean),
     "loss_rpn_box_reg": smooth-L1 (beta 1/9) over the sampled positives, summed, / number sampled}.
+    The sampled anchors are masks over all of them (no variable-size selection: no host sync but the sampler's).
     """
     pos_masks, neg_masks = sampler(labels)
-    pos = torch.where(torch.cat(pos_masks))[0]
-    sampled = torch.where(torch.cat(pos_masks) | torch.cat(neg_masks))[0]
+    positive = torch.cat(pos_masks)  # (N*T,) bool
+    sampled = positive | torch.cat(neg_masks)
     objectness, pred_deltas = objectness.reshape(-1), pred_deltas.reshape(-1, 4)  # (N, T) -> (N*T,)
     labels, target_deltas = torch.cat(labels), torch.cat(target_deltas)
     return {
-        "loss_objectness": rpn_objectness_loss(objectness[sampled], labels[sampled]),
-        "loss_rpn_box_reg": rpn_box_loss(pred_deltas[pos], target_deltas[pos], sampled.numel()),
+        "loss_objectness": rpn_objectness_loss(objectness, labels, sampled),
+        "loss_rpn_box_reg": rpn_box_loss(pred_deltas, target_deltas, sampled.sum(), positive=positive),
     }
 
 
@@ -110,31 +109,33 @@ def filter_proposals(proposals: Tensor, objectness: Tensor, level_sizes: list[in
     image_sizes: [(h, w)] unpadded. Steps: the pre_nms_top_n best logits of each level, sigmoid, clip to the image,
     drop boxes smaller than min_size and scores below score_thresh, NMS at nms_thresh within each level, keep the
     post_nms_top_n best. -> (boxes [Tensor[P_i, 4]], scores [Tensor[P_i]] probabilities), by decreasing score.
+
+    Every step until the last keeps fixed sizes (dropped boxes are masked out, NMS runs on all images of a level at
+    once): one host synchronisation for the whole batch, to learn how many proposals each image keeps.
     """
     objectness = upcast(objectness.detach())  # float32 logits and scores under autocast
-    num_images, device = proposals.shape[0], proposals.device
-    top_idx, levels, offset = [], [], 0
-    for level, ob in enumerate(objectness.split(level_sizes, dim=1)):
-        k = min(pre_nms_top_n, ob.shape[1])
-        _, idx = ob.topk(k, dim=1)  # (N, k)
-        top_idx.append(idx + offset)
-        levels.append(torch.full((k,), level, dtype=torch.int64, device=device))
+    batch_idx = torch.arange(proposals.shape[0], device=proposals.device)[:, None]
+    levels, offset = [], 0  # per level: (boxes Tensor[N, k, 4], scores Tensor[N, k], alive Tensor[N, k] bool)
+    for ob in objectness.split(level_sizes, dim=1):
+        logits, idx = ob.topk(min(pre_nms_top_n, ob.shape[1]), dim=1)  # (N, k), by decreasing logit
+        boxes = torch.stack([clip_boxes(b, size) for b, size in zip(proposals[batch_idx, idx + offset], image_sizes)])
+        scores = torch.sigmoid(logits)
+        levels.append((boxes, scores, large_boxes(boxes, min_size) & (scores >= score_thresh)))
         offset += ob.shape[1]
-    top_idx = torch.cat(top_idx, dim=1)  # (N, sum k)
-    levels = torch.cat(levels)
-    batch_idx = torch.arange(num_images, device=device)[:, None]
-    objectness, proposals = objectness[batch_idx, top_idx], proposals[batch_idx, top_idx]
-    scores_all = torch.sigmoid(objectness)
+    for exact in (False, True):  # exact only when a block of NMS needed more than NMS_ROUNDS rounds (see nms_mask)
+        keep, settled = zip(*(nms_mask(boxes, nms_thresh, alive, exact=exact) for boxes, _, alive in levels))
+        keep = torch.cat(keep, dim=1)  # (N, sum k)
+        counts = torch.where(torch.stack(settled).all(), keep.sum(dim=1), -1).tolist()  # the one host sync
+        if min(counts) >= 0:
+            break
+    boxes, scores = torch.cat([b for b, _, _ in levels], dim=1), torch.cat([s for _, s, _ in levels], dim=1)
+    # kept boxes first, by decreasing score (ties: level, then rank in the level, as a stable sort of the candidates)
+    order = torch.sort(torch.where(keep, scores, -1.0), dim=1, descending=True, stable=True).indices
     final_boxes, final_scores = [], []
-    for boxes, scores, size in zip(proposals, scores_all, image_sizes):
-        boxes = clip_boxes(boxes, size)
-        keep = remove_small_boxes(boxes, min_size)
-        boxes, scores, lvl = boxes[keep], scores[keep], levels[keep]
-        keep = torch.where(scores >= score_thresh)[0]
-        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-        keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post_nms_top_n]  # sorted by decreasing score
-        final_boxes.append(boxes[keep])
-        final_scores.append(scores[keep])
+    for i, count in enumerate(counts):
+        best = order[i, : min(count, post_nms_top_n)]
+        final_boxes.append(boxes[i, best])
+        final_scores.append(scores[i, best])
     return final_boxes, final_scores
 
 

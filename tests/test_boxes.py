@@ -1,4 +1,5 @@
-"""Tests for minimaskrcnn.boxes: hand-computed IoU and coding, pycocotools IoU, NMS properties, batched NMS."""
+"""Tests for minimaskrcnn.boxes: hand-computed IoU and coding, pycocotools IoU, NMS properties, batched NMS,
+nms_mask (batched problems, alive masks, groups, chains longer than NMS_ROUNDS)."""
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+import minimaskrcnn.boxes as boxes_module
 from minimaskrcnn.boxes import (
     BBOX_XFORM_CLIP,
     batched_nms,
@@ -13,8 +15,11 @@ from minimaskrcnn.boxes import (
     box_iou,
     clip_boxes,
     decode_boxes,
+    NMS_ROUNDS,
     encode_boxes,
+    large_boxes,
     nms,
+    nms_mask,
     remove_small_boxes,
     upcast,
 )
@@ -123,15 +128,17 @@ def test_nms_properties(thr, seed):
     check_nms_properties(boxes, scores, keep, thr)
 
 
-def test_nms_many_boxes_several_blocks():
+def test_nms_many_boxes_several_blocks(monkeypatch):
     g = torch.Generator().manual_seed(3)
     boxes = clustered_boxes(3000, g, clusters=300).float()
     scores = torch.rand(3000, generator=g)
-    keep = nms(boxes, scores, 0.5)
+    keep = nms(boxes, scores, 0.5)  # two segments (NMS_SEGMENT 2048)
     check_nms_properties(boxes, scores, keep, 0.5)
-    # the block size is only an implementation detail
+    # the block and segment sizes are only implementation details
     assert nms(boxes, scores, 0.5, block_size=7).tolist() == keep.tolist()
     assert nms(boxes, scores, 0.5, block_size=5000).tolist() == keep.tolist()
+    monkeypatch.setattr(boxes_module, "NMS_SEGMENT", 100)
+    assert nms(boxes, scores, 0.5).tolist() == keep.tolist()
 
 
 def test_nms_by_hand_and_edge_cases():
@@ -158,6 +165,42 @@ def test_batched_nms_equals_per_class_nms():
     # the same box in two classes is kept twice
     twice = batched_nms(torch.tensor([[0.0, 0, 5, 5]] * 2), torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5)
     assert twice.tolist() == [0, 1]
+
+
+def test_nms_chain_longer_than_the_rounds_settles_exactly():
+    """Boxes 1 px apart, scores falling along the row: each kept box only frees the next one, one round at a time."""
+    x = torch.arange(24 * NMS_ROUNDS, dtype=torch.float32)
+    boxes = torch.stack((x, torch.zeros_like(x), x + 10, torch.full_like(x, 10)), dim=1)
+    scores = 1 - x / len(x)
+    # IoU with the box 1, 2, 3, 4 px away: 9/11, 8/12, 7/13 (all > 0.5), 6/14: every 4th box is kept
+    expected = list(range(0, len(x), 4))
+    keep, settled = nms_mask(boxes, 0.5)
+    assert not settled  # a chain of 6 * NMS_ROUNDS kept boxes cannot settle in NMS_ROUNDS rounds
+    keep, settled = nms_mask(boxes, 0.5, exact=True)
+    assert settled and torch.where(keep)[0].tolist() == expected
+    assert nms(boxes, scores, 0.5).tolist() == expected
+    assert nms(boxes, scores, 0.5, block_size=7).tolist() == expected
+
+
+def test_nms_mask_batched_problems_alive_and_groups():
+    g = torch.Generator().manual_seed(9)
+    boxes = clustered_boxes(600, g, clusters=30).float().reshape(2, 300, 4)  # two independent problems
+    alive = torch.rand(2, 300, generator=g) > 0.3
+    groups = torch.randint(0, 3, (2, 300), generator=g)
+    keep, settled = nms_mask(boxes, 0.5, alive=alive, groups=groups, block_size=64)
+    assert settled and keep.shape == (2, 300) and not (keep & ~alive).any()
+    scores = torch.linspace(1, 0, 300)  # the boxes are in score order already
+    for i in range(2):
+        # dead boxes take no part: as nms of the alive ones alone, per group
+        idx = torch.where(alive[i])[0]
+        expected = idx[batched_nms(boxes[i, idx], scores[idx], groups[i, idx], 0.5)]
+        assert torch.where(keep[i])[0].tolist() == sorted(expected.tolist())
+
+
+def test_large_boxes_is_the_mask_remove_small_boxes_selects():
+    boxes = torch.tensor([[[0.0, 0, 5, 5], [0, 0, 0.5, 5]], [[1, 1, 2, 1.5], [0, 0, 1, 1]]])  # (2, 2, 4)
+    assert large_boxes(boxes, 1.0).tolist() == [[True, False], [False, True]]
+    assert remove_small_boxes(boxes[0], 1.0).tolist() == [0]
 
 
 # ------------------------------------------------------------------------------ half precision (mixed precision)

@@ -47,6 +47,7 @@ def test_box_regression_loss_uses_only_positive_rois_own_class():
     deltas[1, 1 * 4 : 2 * 4] = 50.0  # ... and garbage on class 1, ignored
     labels = torch.tensor([0, 2, 1])
     targets = torch.zeros(3, 4)
+    targets[0] = -math.inf  # a background's target when its image has no ground truth: never read
     targets[2] = torch.tensor([0.0, 0.0, 0.0, 0.05])  # class 1 positive predicts 0, target 0.05 (< beta)
     expected = ((0.5 - 0.5 / 9) + 0.5 * 0.05**2 * 9) / 3  # summed over positives, divided by all R = 3
     assert box_regression_loss(deltas, labels, targets).item() == pytest.approx(expected)
@@ -65,3 +66,20 @@ def test_mask_loss_without_positives_is_zero_and_differentiable():
     loss = mask_loss(logits, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4, 4))
     loss.backward()
     assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_masks_select_without_host_syncs_and_ignore_what_they_hide():
+    """The masked forms (used by the RPN and the box head) equal selecting the rows; hidden targets may be inf."""
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(10, 4, generator=g, requires_grad=True)
+    target = torch.randn(10, 4, generator=g)
+    chosen = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.bool)
+    target[~chosen] = -math.inf  # a background's target against a missing box
+    masked = rpn_box_loss(pred, target, torch.tensor(8), positive=chosen)
+    masked.backward()
+    assert masked.item() == pytest.approx(rpn_box_loss(pred[chosen], target[chosen], 8).item(), rel=1e-6)
+    assert torch.isfinite(pred.grad).all() and (pred.grad[~chosen] == 0).all()
+    logits, labels = torch.randn(10, generator=g), torch.tensor([1, 0, -1, 1, 0, 0, -1, 1, 0, 0])
+    sampled = labels >= 0
+    assert rpn_objectness_loss(logits, labels, sampled).item() == pytest.approx(
+        rpn_objectness_loss(logits[sampled], labels[sampled]).item(), rel=1e-6)

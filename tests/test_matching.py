@@ -74,6 +74,26 @@ def test_sampler_is_random_but_seeded():
     assert torch.equal(a[0][0], b[0][0]) and not torch.equal(a[0][0], c[0][0])
 
 
+def test_sampler_draws_what_torchvision_draws():
+    """The same seed picks the same predictions as torchvision's sampler (indices of the candidates, randperm)."""
+    g = torch.Generator().manual_seed(2)
+    labels = [torch.randint(-1, 3, (n,), generator=g) for n in (500, 40, 7)]
+    labels.append(torch.full((9,), -1))  # nothing to sample
+    sampler = BalancedSampler(64, 0.25)
+    torch.manual_seed(4)
+    pos, neg = sampler(labels)
+    torch.manual_seed(4)
+    for lab, p, n in zip(labels, pos, neg):
+        positive, negative = torch.where(lab >= 1)[0], torch.where(lab == 0)[0]
+        num_pos = min(16, positive.numel())
+        num_neg = min(64 - num_pos, negative.numel())
+        expected_pos = positive[torch.randperm(positive.numel())[:num_pos]]
+        expected_neg = negative[torch.randperm(negative.numel())[:num_neg]]
+        assert torch.where(p)[0].tolist() == sorted(expected_pos.tolist())
+        assert torch.where(n)[0].tolist() == sorted(expected_neg.tolist())
+    assert sampler([]) == ([], [])
+
+
 @pytest.mark.reference
 def test_matcher_matches_torchvision():
     pytest.importorskip("torchvision")
