@@ -295,7 +295,7 @@ def maskrcnn_stages() -> dict[Callable, str]:
         matching.BalancedSampler.__call__: "sampling",
         roi_heads.sample_proposals: "sampling",
         roi_heads.positive_rois: "sampling",
-        roi_ops.MultiScaleRoIAlign: "roi pooling",
+        roi_ops.MultiScaleRoIPooler: "roi pooling",
         roi_heads.RoIHeads.forward: "heads",
         rpn.rpn_losses: "losses",
         losses.classifier_loss: "losses",
