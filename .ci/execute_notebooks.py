@@ -39,8 +39,12 @@ def main(paths, execute=True):
             # The kernel talks over local IPC sockets: over TCP ports, runs on a loaded machine sometimes stalled
             # with kernel and client each waiting for the other.
             km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(tempfile.mkdtemp(), "kernel"))
-            NotebookClient(nb, km=km, timeout=900, kernel_name="python3", store_widget_state=True,
-                           resources={"metadata": {"path": workdir}}).execute()
+            try:
+                NotebookClient(nb, km=km, timeout=900, kernel_name="python3", store_widget_state=True,
+                               resources={"metadata": {"path": workdir}}).execute()
+            finally:  # nbclient leaves a kernel it was handed running: stop it now, not when it notices we left
+                if km.has_kernel:
+                    km.shutdown_kernel(now=True)
         nbformat.write(strip(nb), path)
         print(f"{path}: {'executed' if execute else 'stripped'} in {time.perf_counter() - start:.1f} s")
 
