@@ -279,7 +279,10 @@ def inference_syncs(model: torch.nn.Module, images: list,
 def maskrcnn_stages() -> dict[Callable, str]:
     """Our MaskRCNN's stages for SyncCounter, in pipeline order: which function's frames make up which stage.
 
-    Matching and sampling (anchors and proposals) are "sampling"; the loss functions and the mask targets "losses".
+    Matching and sampling (anchors and proposals) are "sampling"; the loss functions and the mask targets "losses";
+    the heads' forward passes (RoIHeads.forward / detect, predict_masks) "heads"; turning their outputs into
+    detections (decode_predictions, select_detections, mask_probabilities, MaskRCNN.postprocess) "post-processing",
+    as torchvision's postprocess_detections, maskrcnn_inference and transform.postprocess.
     """
     from minimaskrcnn import losses, masks, matching, model, roi_heads, roi_ops, rpn
     from minimaskrcnn.backbone import BackboneWithFPN
@@ -297,12 +300,14 @@ def maskrcnn_stages() -> dict[Callable, str]:
         roi_heads.positive_rois: "sampling",
         roi_ops.MultiScaleRoIPooler: "roi pooling",
         roi_heads.RoIHeads.forward: "heads",
+        roi_heads.RoIHeads.detect: "heads",
         rpn.rpn_losses: "losses",
         losses.classifier_loss: "losses",
         losses.box_regression_loss: "losses",
         losses.mask_loss: "losses",
         masks.mask_targets: "losses",
-        roi_heads.postprocess_detections: "post-processing",
+        roi_heads.decode_predictions: "post-processing",
+        roi_heads.select_detections: "post-processing",
         roi_heads.mask_probabilities: "post-processing",
         model.MaskRCNN.postprocess: "post-processing",
         torch.autograd.backward: "backward",
