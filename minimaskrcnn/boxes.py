@@ -66,6 +66,13 @@ def large_boxes(boxes: Tensor, min_size: float) -> Tensor:
     return (w >= min_size) & (h >= min_size)
 
 
+def true_indices(mask: Tensor, count: int) -> Tensor:
+    """The indices of the True entries of mask: Tensor[N] bool, in order, given how many there are (count, read
+    once for many masks) -> Tensor[count] int64. torch.where(mask)[0] without its host sync: a stable sort puts the
+    True entries first, in index order."""
+    return torch.argsort((~mask).to(torch.uint8), stable=True)[:count]
+
+
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices (Tensor[K] int64) of boxes: Tensor[N, 4] whose width and height are both >= min_size."""
     return torch.where(large_boxes(boxes, min_size))[0]
@@ -247,8 +254,7 @@ def _sorted_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
             count, settled = torch.stack((keep.sum(), settled.long())).tolist()  # the host sync of the segment
             if settled:
                 break
-        # the kept boxes' indices in order, without nonzero: a stable sort puts the count kept ones first
-        kept.append(start + torch.argsort((~keep).to(torch.uint8), stable=True)[:count])
+        kept.append(start + true_indices(keep, count))
     return order[torch.cat(kept)]
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import LEVEL_NAMES, NORMS, STAGES_PER_DEPTH, build_backbone
-from minimaskrcnn.masks import paste_masks_in_image
+from minimaskrcnn.masks import paste_masks_in_images
 from minimaskrcnn.roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, sample_proposals
 from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, filter_proposals
@@ -471,11 +471,10 @@ class MaskRCNN(nn.Module):
 
     def postprocess(self, detections: list[dict], image_sizes: list, original_sizes: list) -> list[dict]:
         """Map detections from the resized images back to the originals (new dicts): rescale boxes, paste masks."""
-        mapped = []
-        for det, size, original in zip(detections, image_sizes, original_sizes):
-            boxes = resize_boxes(det["boxes"], size, original)
-            mapped.append({**det, "boxes": boxes, "masks": paste_masks_in_image(det["masks"], boxes, original)})
-        return mapped
+        boxes = [resize_boxes(det["boxes"], size, original)
+                 for det, size, original in zip(detections, image_sizes, original_sizes)]
+        masks = paste_masks_in_images([det["masks"] for det in detections], boxes, original_sizes)
+        return [{**det, "boxes": b, "masks": m} for det, b, m in zip(detections, boxes, masks)]
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         check_images(images, self.cfg)
