@@ -70,6 +70,15 @@ _FROM_DATA = (torch.tensor, torch.as_tensor, torch.asarray)
 _TO_HOST = (torch.Tensor.cpu, torch.Tensor.numpy)
 
 
+_ACTIVE = [0]  # SyncCounters inside their `with` block
+
+
+def counting_syncs() -> bool:
+    """Whether a SyncCounter is counting. Code with a CPU-only shortcut that would sync on a GPU (nms's compacting
+    path) takes its GPU path then, so that the count is that of a GPU run."""
+    return _ACTIVE[0] > 0
+
+
 def _dispatch_kind(func, args, kwargs) -> str | None:
     """The kind of an aten-level call that synchronises, or None."""
     namespace, name = func.namespace, func.overloadpacket.__name__
@@ -137,9 +146,11 @@ class SyncCounter:
     def __enter__(self) -> "SyncCounter":
         for mode in self._modes:
             mode.__enter__()
+        _ACTIVE[0] += 1
         return self
 
     def __exit__(self, *exc) -> None:
+        _ACTIVE[0] -= 1
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
 
