@@ -11,6 +11,8 @@ Only calls on tensors that would live on the GPU count. On a CPU every tensor is
 which ones would stay on the host in a GPU run: those made by a factory (torch.tensor, zeros, arange, ...) without a
 `device` argument, `.cpu()` results, and whatever is computed from those alone; `.to(device)` moves one back. Model
 inputs, parameters and tensors made with `device=...` (code writes `device=x.device` to follow its data) count.
+Code that takes a CPU-only shortcut (nms, see minimaskrcnn.boxes) asks `counting_syncs()` and takes its GPU path while
+a counter runs, so that the count is a GPU run's.
 
     with SyncCounter(maskrcnn_stages()) as counter:
         losses = model(images, targets)
