@@ -14,15 +14,16 @@ its CUDA kernel copies the overlap mask to the host. Tensors that would stay on 
 device, or by .cpu()) are followed and their calls not counted (see minimaskrcnn.syncs).
 
 Measured on this project's 2-core CPU, 2026-12-01, defaults (2 images 320 x 320 and 240 x 320), train step / inference:
-    torch 2.15.0+cu132 (.venv-reference), same run:  ours 55 / 36   torchvision 71 / 2904
-    torch 2.13.0+cpu (.venv):                        ours 59 / 36   (torch 2.13 also counts 4 `x[mask] = v` in
-                                                     roi_heads as index_put; 2.15 runs them as masked_fill)
-    ours before issue 20 (commit 8630352's boxes, matching, rpn, anchors, losses, masks; torch 2.13): 317 / 330,
-    of which RPN 237 / 151 (101 / 67 torch.equal of NMS rounds, 132 / 80 boolean-mask indexings), sampling 30 / 0,
-    losses 13 / 0, post-processing 0 / 162 (NMS: 60 torch.equal, 88 boolean-mask indexings).
-Per stage after (torch 2.13), train: input checks 9, transform 12, rpn 1, sampling 11, roi pooling 12, losses 10,
-backward 4; inference: input checks 1, transform 4, rpn 1, roi pooling 12, post-processing 18. torchvision's
-inference count is its mask pasting: int(box[...]) and tensor-bounded slices per detection (about 14 per detection).
+    torch 2.15.0+cu132 (.venv-reference), same run:  ours 55 / 36   torchvision 71 / 2904   (before the second pass)
+    torch 2.13.0+cpu (.venv), after the second pass:  ours 8 / 8
+    ours before issue 20 (commit 8630352; torch 2.13): 317 / 330, of which RPN 237 / 151 (101 / 67 torch.equal of NMS
+    rounds, 132 / 80 boolean-mask indexings), sampling 30 / 0, losses 13 / 0, post-processing 0 / 162 (NMS: 60
+    torch.equal, 88 boolean-mask indexings); after the first pass (boxes, matching, rpn, anchors, losses): 59 / 36.
+Per stage now (torch 2.13), train: input checks 2, rpn 1, sampling 3, losses 2 (mask targets' adaptive RoIAlign,
+once per image); inference: input checks 1, rpn 1, post-processing 6 (candidate count 1, batched_nms 4: two
+NMS_SEGMENTs per image for this random model's 2000-3000 candidates, mask pasting 1); every other stage 0.
+torchvision's inference count is its mask pasting: int(box[...]) and tensor-bounded slices per detection (about 14
+per detection).
 """
 import argparse
 

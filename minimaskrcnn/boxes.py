@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from minimaskrcnn.syncs import counting_syncs
+
 # Largest log-scale change a predicted delta may ask for: exp(4.135) = 1000 / 16 (as in Detectron).
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
@@ -64,6 +66,13 @@ def large_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Which of boxes: Tensor[..., 4] are at least min_size wide and high -> Tensor[...] bool (no host sync)."""
     w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     return (w >= min_size) & (h >= min_size)
+
+
+def true_indices(mask: Tensor, count: int) -> Tensor:
+    """The indices of the True entries of mask: Tensor[N] bool, in order, given how many there are (count, read
+    once for many masks) -> Tensor[count] int64. torch.where(mask)[0] without its host sync: a stable sort puts the
+    True entries first, in index order."""
+    return torch.argsort((~mask).to(torch.uint8), stable=True)[:count]
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
@@ -124,6 +133,9 @@ NMS_ROUNDS = 8
 # segments compare only with those. 2048 holds the RPN's per-level NMS (pre_nms_top_n up to 2000) and usual detection
 # post-processing; more boxes cost a sync per 2048. (One segment compares all its pairs: larger ones cost the CPU.)
 NMS_SEGMENT = 2048
+# Boxes per block of the CPU's NMS (_compacting_nms, the nms of before NMS_SEGMENT): small blocks, since every box a
+# kept one suppresses is dropped before the next comparisons.
+CPU_NMS_SEGMENT = 256
 # Most IoU entries computed at once when boxes are compared with earlier ones: 2**24 (64 MB per temporary).
 _MAX_PAIRS = 2**24
 
@@ -226,12 +238,18 @@ def nms_mask(boxes: Tensor, iou_threshold: float, alive: Tensor | None = None, g
 
 
 def _sorted_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None,
-                block_size: int | None) -> Tensor:
-    """nms / batched_nms: sort by score, then NMS_SEGMENT boxes at a time: those kept by earlier segments suppress,
-    nms_mask settles the rest, one host sync learns how many it kept. -> indices of the kept boxes, best first."""
+                block_size: int | None, sync_free: bool) -> Tensor:
+    """nms / batched_nms: sort by score, then NMS -> indices of the kept boxes, best first.
+
+    sync_free (what a GPU runs): NMS_SEGMENT boxes at a time: those kept by earlier segments suppress, nms_mask settles
+    the rest, one host sync learns how many it kept. Otherwise (the CPU, where reading a value back costs nothing):
+    _compacting_nms, which drops each suppressed box at once and so compares fewer pairs. The answer is the same.
+    """
     order = torch.argsort(scores, descending=True, stable=True)
     boxes = upcast(boxes)[order]
     groups = None if groups is None else groups[order]
+    if not sync_free:
+        return order[_compacting_nms(boxes, iou_threshold, groups, block_size or CPU_NMS_SEGMENT)]
     kept = []  # indices into the sorted boxes, per segment
     for start in range(0, len(order), NMS_SEGMENT):
         part = slice(start, start + NMS_SEGMENT)
@@ -247,9 +265,55 @@ def _sorted_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
             count, settled = torch.stack((keep.sum(), settled.long())).tolist()  # the host sync of the segment
             if settled:
                 break
-        # the kept boxes' indices in order, without nonzero: a stable sort puts the count kept ones first
-        kept.append(start + torch.argsort((~keep).to(torch.uint8), stable=True)[:count])
+        kept.append(start + true_indices(keep, count))
     return order[torch.cat(kept)]
+
+
+def _compacting_nms(boxes: Tensor, iou_threshold: float, groups: Tensor | None, block_size: int) -> Tensor:
+    """Greedy NMS of boxes: Tensor[n, 4] sorted by decreasing score, for the CPU -> Tensor[K] int64 positions of the
+    kept boxes, in order. groups: Tensor[n] (None: one group), as nms_mask's.
+
+    nms_mask's two steps, block_size boxes at a time, with the boxes that drop out removed at once (boolean
+    selections: a host sync each on a GPU, nothing on the CPU): a block's boxes are compared with the boxes kept so
+    far, the survivors among themselves, then settled round by round until a round changes nothing.
+    """
+    cols = _columns(boxes[None])  # (n, 4) -> (1, 5, n)
+    kept = []  # positions, per block
+    kept_cols, kept_groups = cols[:, :, :0], None if groups is None else groups[None, :0]
+    for start in range(0, boxes.shape[0], block_size):
+        part = slice(start, start + block_size)
+        block, block_groups = cols[:, :, part], None if groups is None else groups[None, part]
+        index = torch.arange(start, start + block.shape[2])
+        if kept:  # 1. suppressed by a box kept earlier: (1, B, K) -> (B,)
+            over = _overlaps(block, kept_cols, iou_threshold)
+            if groups is not None:
+                over &= block_groups[:, :, None] == kept_groups[:, None, :]
+            alive = ~over.any(dim=2)[0]
+            index, block = index[alive], block[:, :, alive]
+            block_groups = None if groups is None else block_groups[:, alive]
+        if not len(index):
+            continue
+        # 2. within the block: overlaps[j, i] = box j comes before box i and overlaps it
+        over = _overlaps(block, block, iou_threshold)  # (1, B, B)
+        if groups is not None:
+            over &= block_groups[:, :, None] == block_groups[:, None, :]
+        overlaps = over[0].triu_(diagonal=1).float()  # (B, B)
+        survive = torch.ones(len(index))
+        while True:  # _settle's rounds, one at a time, until one changes nothing
+            previous, survive = survive, (survive @ overlaps == 0).float()  # (B,) @ (B, B) -> (B,)
+            if torch.equal(survive, previous):
+                break
+        survive = survive.bool()
+        kept.append(index[survive])
+        kept_cols = torch.cat((kept_cols, block[:, :, survive]), dim=2)
+        if groups is not None:
+            kept_groups = torch.cat((kept_groups, block_groups[:, survive]), dim=1)
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
+
+
+def _sync_free(device: torch.device) -> bool:
+    """Whether nms runs its sync-free path: on a GPU, and on the CPU while a SyncCounter counts what a GPU would do."""
+    return device.type != "cpu" or counting_syncs()
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int | None = None) -> Tensor:
@@ -260,7 +324,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int | N
     > iou_threshold. Built in notebooks/03_box_coding_nms.ipynb.
 
     The greedy loop "take the best box, drop what it overlaps, repeat" runs on whole blocks of boxes at once
-    (nms_mask); block_size only tunes speed and memory. One host synchronisation per NMS_SEGMENT boxes (the number
+    (nms_mask); block_size only tunes speed and memory. On the CPU the suppressed boxes are dropped as the blocks go
+    (_compacting_nms), which is faster there; elsewhere one host synchronisation per NMS_SEGMENT boxes (the number
     of boxes kept), as torchvision's CUDA nms has one per call.
     """
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
@@ -268,7 +333,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int | N
                          f"and {tuple(scores.shape)}")
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return _sorted_nms(boxes, scores, iou_threshold, None, block_size)
+    return _sorted_nms(boxes, scores, iou_threshold, None, block_size, _sync_free(boxes.device))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -280,4 +345,4 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return _sorted_nms(boxes, scores, iou_threshold, idxs, None)
+    return _sorted_nms(boxes, scores, iou_threshold, idxs, None, _sync_free(boxes.device))

@@ -70,11 +70,23 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: tuple[int, in
        and truncate its corners to integers.
     3. Resize each padded mask bilinearly onto its integer box and paste it (paste_mask).
     """
-    size = masks.shape[-1]
-    scale = float(size + 2 * padding) / size
-    padded = F.pad(masks, (padding,) * 4)  # (D, 1, M, M) -> (D, 1, M+2p, M+2p)
-    int_boxes = expand_boxes(boxes, scale).to(torch.int64).tolist()
-    if not int_boxes:
-        return masks.new_zeros((0, 1, *image_size))
-    pasted = [paste_mask(m[0], b, image_size) for m, b in zip(padded, int_boxes)]
-    return torch.stack(pasted)[:, None]  # (D, H, W) -> (D, 1, H, W)
+    return paste_masks_in_images([masks], [boxes], [image_size], padding)[0]
+
+
+def paste_masks_in_images(masks: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]],
+                          padding: int = 1) -> list[Tensor]:
+    """paste_masks_in_image for every image of a batch, reading all the integer boxes back at once (one host sync).
+
+    masks: [Tensor[D_i, 1, M, M]], boxes: [Tensor[D_i, 4]], image_sizes: [(H_i, W_i)] -> [Tensor[D_i, 1, H_i, W_i]].
+    """
+    int_boxes = [expand_boxes(b, float(m.shape[-1] + 2 * padding) / m.shape[-1]).to(torch.int64)
+                 for m, b in zip(masks, boxes)]
+    int_boxes = torch.cat(int_boxes).tolist() if int_boxes else []  # the host sync: (sum D_i, 4) corners
+    pasted, start = [], 0
+    for m, size in zip(masks, image_sizes):
+        padded = F.pad(m, (padding,) * 4)  # (D, 1, M, M) -> (D, 1, M+2p, M+2p)
+        image_boxes, start = int_boxes[start:start + len(m)], start + len(m)
+        image_masks = [paste_mask(p[0], b, size) for p, b in zip(padded, image_boxes)]
+        # (D, H, W) -> (D, 1, H, W)
+        pasted.append(torch.stack(image_masks)[:, None] if image_masks else m.new_zeros((0, 1, *size)))
+    return pasted

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import LEVEL_NAMES, NORMS, STAGES_PER_DEPTH, build_backbone
-from minimaskrcnn.masks import paste_masks_in_image
+from minimaskrcnn.masks import paste_masks_in_images
 from minimaskrcnn.roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, sample_proposals
 from minimaskrcnn.roi_ops import MultiScaleRoIPooler
 from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead, assign_targets, filter_proposals
@@ -329,12 +329,14 @@ def _check_resizable(image: Tensor, i: int, cfg: MaskRCNNConfig) -> None:
 def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
     """Raise TypeError/ValueError unless targets has one valid {boxes, labels, masks} dict per image.
 
-    num_classes counts the background: valid labels are 1..num_classes - 1.
+    num_classes counts the background: valid labels are 1..num_classes - 1. Types and shapes are checked first;
+    the values (finite, non-degenerate boxes, labels in range, 0/1 masks) then with one host sync for the batch.
     """
     if not isinstance(targets, (list, tuple)):
         raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
     if len(targets) != len(images):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    flags = []  # per target: Tensor[4] bool (a box not finite, a box degenerate, a label out of range, not 0/1 masks)
     for i, (target, image) in enumerate(zip(targets, images)):
         where = f"targets[{i}]"
         if not isinstance(target, dict):
@@ -349,44 +351,49 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> None:
             raise TypeError(f"{where}['boxes'] has dtype {boxes.dtype}; expected float (x1, y1, x2, y2)")
         if boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(f"{where}['boxes'] has shape {tuple(boxes.shape)}; expected Tensor[G, 4]")
-        if not torch.isfinite(boxes).all():
-            bad = torch.where(~torch.isfinite(boxes).all(dim=1))[0][0].item()
-            raise ValueError(f"{where}['boxes'][{bad}] = {boxes[bad].tolist()} is not finite")
-        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-        if degenerate.any():
-            bad = torch.where(degenerate)[0][0].item()
-            raise ValueError(f"{where}['boxes'][{bad}] = {boxes[bad].tolist()} needs x2 > x1 and y2 > y1 "
-                             "(boxes are (x1, y1, x2, y2); convert xywh with x2 = x + w, y2 = y + h)")
         if labels.dtype != torch.int64:
             raise TypeError(f"{where}['labels'] has dtype {labels.dtype}; expected torch.int64")
         if labels.shape != (boxes.shape[0],):
             raise ValueError(f"{where}['labels'] has shape {tuple(labels.shape)} for {boxes.shape[0]} boxes")
-        out_of_range = (labels < 1) | (labels >= num_classes)
-        if out_of_range.any():
-            bad = torch.where(out_of_range)[0][0].item()
-            raise ValueError(f"{where}['labels'][{bad}] = {labels[bad].item()} is outside 1..{num_classes - 1} "
-                             f"(0 is reserved for background; the model has num_classes = {num_classes} with it)")
         expected = (boxes.shape[0], *image.shape[-2:])
         if tuple(masks.shape) != expected:
             raise ValueError(f"{where}['masks'] has shape {tuple(masks.shape)}; expected {expected} "
                              "(one H x W mask per box, the size of the image)")
-        if not _is_binary(masks):  # 0/255 masks would give a negative mask loss
+        flags.append(torch.stack((~torch.isfinite(boxes).all(), (boxes[:, 2:] <= boxes[:, :2]).any(),
+                                  ((labels < 1) | (labels >= num_classes)).any(), _not_binary(masks).to(boxes.device))))
+    if not flags:
+        return
+    found = torch.stack([f.to(flags[0].device) for f in flags]).tolist()  # (N, 4): the one host sync
+    for i, (not_finite, degenerate, out_of_range, not_binary) in enumerate(found):
+        where, boxes, labels, masks = f"targets[{i}]", targets[i]["boxes"], targets[i]["labels"], targets[i]["masks"]
+        if not_finite:
+            bad = torch.where(~torch.isfinite(boxes).all(dim=1))[0][0].item()
+            raise ValueError(f"{where}['boxes'][{bad}] = {boxes[bad].tolist()} is not finite")
+        if degenerate:
+            bad = torch.where((boxes[:, 2:] <= boxes[:, :2]).any(dim=1))[0][0].item()
+            raise ValueError(f"{where}['boxes'][{bad}] = {boxes[bad].tolist()} needs x2 > x1 and y2 > y1 "
+                             "(boxes are (x1, y1, x2, y2); convert xywh with x2 = x + w, y2 = y + h)")
+        if out_of_range:
+            bad = torch.where((labels < 1) | (labels >= num_classes))[0][0].item()
+            raise ValueError(f"{where}['labels'][{bad}] = {labels[bad].item()} is outside 1..{num_classes - 1} "
+                             f"(0 is reserved for background; the model has num_classes = {num_classes} with it)")
+        if not_binary:  # 0/255 masks would give a negative mask loss
             nan = masks.isnan()
-            found = [f"{v:g}" for v in torch.unique(masks[~nan]).tolist()] + (["nan"] if nan.any() else [])
-            shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+            values = [f"{v:g}" for v in torch.unique(masks[~nan]).tolist()] + (["nan"] if nan.any() else [])
+            shown = ", ".join(values[:6]) + (", ..." if len(values) > 6 else "")
             raise ValueError(f"{where}['masks'] has values [{shown}]; masks must be 0/1 (one binary mask per box): "
                              "convert with (masks > 0).to(torch.uint8) for 0/255 masks, (masks >= 0.5) for soft ones")
 
 
-def _is_binary(masks: Tensor) -> bool:
-    """Whether every value of masks is 0 or 1. Integer masks need one min/max pass (no temporaries: full-size masks
-    are large); one host synchronisation."""
+def _not_binary(masks: Tensor) -> Tensor:
+    """Whether some value of masks is neither 0 nor 1, as Tensor[] bool (no host sync). Integer masks need one
+    min/max pass (no temporaries: full-size masks are large)."""
     if masks.dtype == torch.bool or masks.numel() == 0:
-        return True
+        return torch.zeros((), dtype=torch.bool, device=masks.device)
     if masks.is_floating_point():
-        return not ((masks != 0) & (masks != 1)).any().item()
+        return ((masks != 0) & (masks != 1)).any()
     low, high = torch.aminmax(masks)
-    return bool((low >= 0) & (high <= 1))
+    return (low < 0) | (high > 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -407,6 +414,9 @@ class MaskRCNN(nn.Module):
             raise ValueError(f"num_classes counts the background too (torchvision's convention), so it must be "
                              f">= 2, got {num_classes}")
         self.cfg, self.num_classes = cfg, num_classes
+        # the normalisation constants live where the weights do, so no step copies them from the host (not saved)
+        self.register_buffer("image_mean", torch.tensor(cfg.image_mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("image_std", torch.tensor(cfg.image_std, dtype=torch.float32), persistent=False)
         self.backbone = build_backbone(
             cfg.backbone_depth, cfg.backbone_norm, cfg.trainable_layers, cfg.fpn_channels, base_width=cfg.base_width
         )
@@ -453,19 +463,18 @@ class MaskRCNN(nn.Module):
         was converted)."""
         cfg = self.cfg
         dtype = next(self.parameters()).dtype
-        batch, image_sizes, targets = preprocess([image.to(dtype) for image in images], targets, cfg.image_mean,
-                                                 cfg.image_std, cfg.min_size, cfg.max_size, cfg.size_divisible)
+        batch, image_sizes, targets = preprocess([image.to(dtype) for image in images], targets, self.image_mean,
+                                                 self.image_std, cfg.min_size, cfg.max_size, cfg.size_divisible)
         if cfg.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)  # (N, 3, Hp, Wp) with (N, Hp, Wp, 3) strides
         return batch, image_sizes, targets
 
     def postprocess(self, detections: list[dict], image_sizes: list, original_sizes: list) -> list[dict]:
         """Map detections from the resized images back to the originals (new dicts): rescale boxes, paste masks."""
-        mapped = []
-        for det, size, original in zip(detections, image_sizes, original_sizes):
-            boxes = resize_boxes(det["boxes"], size, original)
-            mapped.append({**det, "boxes": boxes, "masks": paste_masks_in_image(det["masks"], boxes, original)})
-        return mapped
+        boxes = [resize_boxes(det["boxes"], size, original)
+                 for det, size, original in zip(detections, image_sizes, original_sizes)]
+        masks = paste_masks_in_images([det["masks"] for det in detections], boxes, original_sizes)
+        return [{**det, "boxes": b, "masks": m} for det, b, m in zip(detections, boxes, masks)]
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         check_images(images, self.cfg)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minimaskrcnn.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes, upcast
+from minimaskrcnn.boxes import (batched_nms, box_iou, clip_boxes, decode_boxes, encode_boxes, large_boxes, true_indices,
+                                upcast)
 from minimaskrcnn.losses import box_regression_loss, classifier_loss, mask_loss
 from minimaskrcnn.masks import mask_targets
 from minimaskrcnn.matching import BalancedSampler, Matcher
@@ -36,13 +37,15 @@ class SampledRoIs:
 
     rois: [Tensor[R_i, 4]]; labels: [Tensor[R_i] int64] (matched class, 0 = background);
     matched_idxs: [Tensor[R_i] int64] (index of the matched ground truth; 0 for backgrounds, unused);
-    regression_targets: [Tensor[R_i, 4]] (deltas from each RoI to its ground-truth box, box-coder weights applied).
+    regression_targets: [Tensor[R_i, 4]] (deltas from each RoI to its ground-truth box, box-coder weights applied);
+    num_positive: [int] (how many of each image's RoIs have labels > 0; None: count them, a host sync per image).
     """
 
     rois: list[Tensor]
     labels: list[Tensor]
     matched_idxs: list[Tensor]
     regression_targets: list[Tensor]
+    num_positive: list[int] | None = None
 
 
 def assign_targets_to_proposals(
@@ -60,8 +63,8 @@ def assign_targets_to_proposals(
     matches = matcher(box_iou(gt_boxes, proposals))  # (G, P) -> (P,)
     matched_idxs = matches.clamp(min=0)
     labels = gt_labels[matched_idxs].to(torch.int64)
-    labels[matches == Matcher.BELOW_LOW_THRESHOLD] = 0
-    labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1
+    labels = torch.where(matches == Matcher.BELOW_LOW_THRESHOLD, 0, labels)
+    labels = torch.where(matches == Matcher.BETWEEN_THRESHOLDS, -1, labels)
     return matched_idxs, labels
 
 
@@ -79,14 +82,21 @@ def sample_proposals(
     proposal is matched (assign_targets_to_proposals), and the sampler keeps a balanced subset per image, in
     index order. The regression target of a background RoI is computed against ground truth 0 (or a zero box
     when the image has none, giving -inf log-sizes as in the reference); the loss never reads it.
+    Two host syncs for the batch: the sampler's, and how many RoIs (and positives) each image keeps.
     """
-    rois, labels, matched_idxs, regression_targets = [], [], [], []
+    candidates = []  # per image: (ground truth, proposals and ground truth Tensor[P_i + G, 4], matched_idxs, labels)
     for props, target in zip(proposals, targets):
         gt_boxes = target["boxes"].to(props.dtype)
         props = torch.cat((props, gt_boxes))  # (P, 4) -> (P + G, 4)
-        matched, lab = assign_targets_to_proposals(props, gt_boxes, target["labels"], matcher)
-        pos_mask, neg_mask = sampler([lab])
-        keep = torch.where(pos_mask[0] | neg_mask[0])[0]
+        candidates.append((gt_boxes, props, *assign_targets_to_proposals(props, gt_boxes, target["labels"], matcher)))
+    if not candidates:
+        return SampledRoIs([], [], [], [], [])
+    pos_masks, neg_masks = sampler([lab for *_, lab in candidates])  # one draw for the batch, image by image
+    chosen = [pos | neg for pos, neg in zip(pos_masks, neg_masks)]
+    counts = torch.stack([torch.stack((c.sum(), p.sum())) for c, p in zip(chosen, pos_masks)]).tolist()  # (N, 2)
+    rois, labels, matched_idxs, regression_targets = [], [], [], []
+    for (gt_boxes, props, matched, lab), keep_mask, (count, _) in zip(candidates, chosen, counts):
+        keep = true_indices(keep_mask, count)
         props, lab, matched = props[keep], lab[keep], matched[keep]
         if gt_boxes.numel() == 0:
             gt_boxes = torch.zeros((1, 4), dtype=props.dtype, device=props.device)
@@ -94,7 +104,7 @@ def sample_proposals(
         labels.append(lab)
         matched_idxs.append(matched)
         regression_targets.append(encode_boxes(gt_boxes[matched], props, box_coder_weights))
-    return SampledRoIs(rois, labels, matched_idxs, regression_targets)
+    return SampledRoIs(rois, labels, matched_idxs, regression_targets, [positive for _, positive in counts])
 
 
 def positive_rois(sampled: SampledRoIs) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -103,8 +113,9 @@ def positive_rois(sampled: SampledRoIs) -> tuple[list[Tensor], list[Tensor], lis
     -> (rois [Tensor[P_i, 4]], labels [Tensor[P_i]], matched_idxs [Tensor[P_i]]).
     """
     rois, labels, matched = [], [], []
-    for r, lab, m in zip(sampled.rois, sampled.labels, sampled.matched_idxs):
-        pos = torch.where(lab > 0)[0]
+    counts = sampled.num_positive or [None] * len(sampled.rois)
+    for r, lab, m, count in zip(sampled.rois, sampled.labels, sampled.matched_idxs, counts):
+        pos = torch.where(lab > 0)[0] if count is None else true_indices(lab > 0, count)
         rois.append(r[pos])
         labels.append(lab[pos])
         matched.append(m[pos])
@@ -181,16 +192,18 @@ def select_detections(
     candidate; scores <= score_thresh and boxes smaller than min_size are dropped; NMS per class; the
     detections_per_img best are kept, sorted by decreasing score.
     """
-    all_boxes, all_scores, all_labels = [], [], []
+    candidates = []
     for image_boxes, scores in zip(boxes, probs):
         labels = torch.arange(scores.shape[-1], device=scores.device).view(1, -1).expand_as(scores)
         # drop the background column, then every (RoI, class) pair is a candidate
         image_boxes = image_boxes[:, 1:].reshape(-1, 4)  # (R_i, K, 4) -> (R_i*K, 4)
         scores = scores[:, 1:].reshape(-1)  # (R_i, K) -> (R_i*K,)
         labels = labels[:, 1:].reshape(-1)
-        keep = torch.where(scores > score_thresh)[0]
-        image_boxes, scores, labels = image_boxes[keep], scores[keep], labels[keep]
-        keep = remove_small_boxes(image_boxes, min_size)
+        candidates.append((image_boxes, scores, labels, (scores > score_thresh) & large_boxes(image_boxes, min_size)))
+    counts = torch.stack([keep.sum() for *_, keep in candidates]).tolist() if candidates else []  # one host sync
+    all_boxes, all_scores, all_labels = [], [], []
+    for (image_boxes, scores, labels, keep), count in zip(candidates, counts):
+        keep = true_indices(keep, count)
         image_boxes, scores, labels = image_boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(image_boxes, scores, labels, nms_thresh)[:detections_per_img]
         all_boxes.append(image_boxes[keep])

@@ -145,13 +145,14 @@ def _per_roi(value, which, dims: int):
 
 
 # ----------------------------------------------------------------------------------------------------------- RoIAlign
-def _axis_samples(start: Tensor, end: Tensor, bins: int, size, sampling_ratio: int, aligned: bool):
+def _axis_samples(start: Tensor, end: Tensor, bins: int, size, sampling_ratio: int, aligned: bool, g_max: int):
     """Bilinear taps along one axis for every RoI, bin and sample (torchvision's rules).
 
     start, end: Tensor[R] RoI edges on the feature map (already scaled and shifted); size: the map's extent along the
-    axis (an int, or Tensor[R] per RoI) -> (low, high: int64 [R, bins, G], w_low, w_high: [R, bins, G] weights already
-    divided by the samples per bin; 0 for samples outside the map and for the padding of RoIs with fewer samples
-    than G).
+    axis (an int, or Tensor[R] per RoI); g_max: the samples laid out per bin, G (sampling_ratio, or at least every
+    RoI's adaptive grid: the caller knows it, so nothing is read back here) -> (low, high: int64 [R, bins, G],
+    w_low, w_high: [R, bins, G] weights already divided by the samples per bin; 0 for samples outside the map and
+    for the padding of RoIs with fewer samples than G).
     """
     size = _per_roi(size, slice(None), 3)
     length = end - start
@@ -160,10 +161,8 @@ def _axis_samples(start: Tensor, end: Tensor, bins: int, size, sampling_ratio: i
     bin_size = length / bins  # (R,)
     if sampling_ratio > 0:
         grid = torch.full_like(bin_size, sampling_ratio, dtype=torch.int64)
-        g_max = sampling_ratio  # known without reading the tensor (no host sync on a GPU)
     else:
-        grid = torch.ceil(bin_size).to(torch.int64)  # adaptive: about one sample per feature pixel
-        g_max = max(int(grid.max()), 1) if grid.numel() else 1
+        grid = torch.ceil(bin_size).to(torch.int64)  # adaptive: about one sample per feature pixel (_AlignPlan too)
     gridf = grid.to(start.dtype)[:, None, None]
     b = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
     s = torch.arange(g_max, dtype=start.dtype, device=start.device)[None, None, :]
@@ -187,7 +186,8 @@ class _AlignPlan:
 
     With a fixed sampling_ratio every RoI has the same number of taps and chunks are slices in RoI order (nothing
     read back from the device); with adaptive sampling, RoIs are sorted by their grid (read back: one host sync) so
-    that a chunk pads its RoIs to a grid close to their own.
+    that a chunk pads its RoIs to a grid close to their own, and each chunk's largest grid per axis is known on the
+    host (`samples`).
     """
 
     def __init__(self, rois: Tensor, maps: _RoIMaps, output_size, sampling_ratio, aligned):
@@ -201,29 +201,35 @@ class _AlignPlan:
             self.order = None
             step = max(_CHUNK_TAPS // (sampling_ratio**2 * per_roi), 1)
             self.chunks = [(start, min(start + step, r)) for start in range(0, r, step)]  # (start, stop) into the RoIs
+            self.samples = [(sampling_ratio, sampling_ratio)] * len(self.chunks)  # (G along y, G along x) per chunk
             return
         size = self.edges[:, 2:] - self.edges[:, :2]  # adaptive: ceil(bin size) samples per side, as _axis_samples
         if not aligned:
             size = size.clamp(min=1.0)
-        side = torch.ceil(size / size.new_tensor([self.pw, self.ph])).amax(1).clamp(min=1).to(torch.int64).cpu()
+        # (R, 2) (G along y, G along x): the same operations as _axis_samples, so the same numbers
+        grids = torch.stack((torch.ceil(size[:, 1] / self.ph), torch.ceil(size[:, 0] / self.pw)), 1)
+        grids = grids.clamp(min=1).to(torch.int64).cpu()  # the one host sync
+        side = grids.amax(1)
         order = torch.argsort(side, stable=True)
-        self.order, side = order.to(rois.device), side[order]
-        self.chunks = []  # (start, stop) into self.order
+        self.order, side, grids = order.to(rois.device), side[order], grids[order]
+        self.chunks, self.samples = [], []  # (start, stop) into self.order; the chunk's largest (G_y, G_x)
         start = 0
         while start < r:
             cost = torch.arange(1, r - start + 1) * side[start:] ** 2 * per_roi  # increasing in the chunk's end
             stop = start + max(int(torch.searchsorted(cost, torch.tensor(_CHUNK_TAPS), right=True)), 1)
             self.chunks.append((start, stop))
+            self.samples.append(tuple(grids[start:stop].amax(0).tolist()))
             start = stop
 
-    def taps(self, start: int, stop: int):
-        """-> (which RoIs: a slice or int64 [Rc], pixel: int64 [Rc*ph*pw, T] row of the pixel table,
-        weight: [Rc*ph*pw, T]), T = 4 G^2 taps per bin."""
+    def taps(self, chunk: int):
+        """The taps of chunk number `chunk` -> (which RoIs: a slice or int64 [Rc], pixel: int64 [Rc*ph*pw, T] row of
+        the pixel table, weight: [Rc*ph*pw, T]), T = 4 G_y G_x taps per bin."""
+        (start, stop), (g_y, g_x) = self.chunks[chunk], self.samples[chunk]
         which = slice(start, stop) if self.order is None else self.order[start:stop]
         x1, y1, x2, y2 = self.edges[which].unbind(1)
         rc = len(x1)
-        row, wy = self._axis(y1, y2, self.ph, _per_roi(self.maps.height, which, 1))  # (Rc, ph, 2G)
-        col, wx = self._axis(x1, x2, self.pw, _per_roi(self.maps.width, which, 1))  # (Rc, pw, 2G)
+        row, wy = self._axis(y1, y2, self.ph, _per_roi(self.maps.height, which, 1), g_y)  # (Rc, ph, 2G_y)
+        col, wx = self._axis(x1, x2, self.pw, _per_roi(self.maps.width, which, 1), g_x)  # (Rc, pw, 2G_x)
         # a bin's taps: every (row tap, column tap) pair, (Rc, ph, 1, 2G, 1) x (Rc, 1, pw, 1, 2G) -> (Rc, ph, pw, 2G, 2G)
         width = _per_roi(self.maps.width, which, 5)
         base = self.maps.base[which, None, None, None, None]
@@ -232,8 +238,8 @@ class _AlignPlan:
         t = pixel.shape[-2] * pixel.shape[-1]
         return which, pixel.reshape(rc * self.ph * self.pw, t), weight.reshape(rc * self.ph * self.pw, t)
 
-    def _axis(self, start, end, bins, size):
-        low, high, w_low, w_high = _axis_samples(start, end, bins, size, self.sampling_ratio, self.aligned)
+    def _axis(self, start, end, bins, size, g_max):
+        low, high, w_low, w_high = _axis_samples(start, end, bins, size, self.sampling_ratio, self.aligned, g_max)
         # each sample reads two neighbours: (Rc, bins, G) x 2 -> (Rc, bins, G, 2) -> (Rc, bins, 2G)
         return torch.stack((low, high), -1).flatten(2), torch.stack((w_low, w_high), -1).flatten(2)
 
@@ -242,8 +248,8 @@ def _align_forward(table: Tensor, plan: _AlignPlan, num_rois: int) -> Tensor:
     """table: Tensor[P, C] pixel rows -> Tensor[R, ph*pw, C]: each bin the weighted sum of its taps' pixels."""
     c = table.shape[1]
     parts = []
-    for start, stop in plan.chunks:
-        which, pixel, weight = plan.taps(start, stop)
+    for chunk, (start, stop) in enumerate(plan.chunks):
+        which, pixel, weight = plan.taps(chunk)
         # a weighted gather-sum over the table's rows: (Rc*ph*pw, T) taps -> (Rc*ph*pw, C)
         bins = F.embedding_bag(pixel, table, per_sample_weights=weight, mode="sum")
         parts.append((which, bins.view(stop - start, plan.ph * plan.pw, c)))
@@ -263,14 +269,15 @@ def _align_backward(grad_out: Tensor, plan: _AlignPlan, num_pixels: int) -> Tens
     """
     c = grad_out.shape[2]
     grad = grad_out.new_zeros((num_pixels, c))
-    for start, stop in plan.chunks:
-        which, pixel, weight = plan.taps(start, stop)
+    for chunk in range(len(plan.chunks)):
+        which, pixel, weight = plan.taps(chunk)
         g = grad_out[which].reshape(-1, c)  # (Rc, ph*pw, C) -> (Rc*ph*pw, C)
         t = pixel.shape[1]
         key = pixel.flatten().to(torch.int32 if num_pixels < 2**31 else torch.int64)
-        _, order = torch.sort(key, stable=True)  # taps grouped by pixel, in bin order inside a pixel
-        counts = torch.bincount(key, minlength=num_pixels)
-        offsets = torch.cumsum(counts, 0) - counts  # first tap of each pixel (empty pixels get an empty bag)
+        sorted_key, order = torch.sort(key, stable=True)  # taps grouped by pixel, in bin order inside a pixel
+        # first tap of each pixel: how many taps read an earlier pixel (empty pixels get an empty bag); a search,
+        # not bincount (which reads the largest key back on a GPU)
+        offsets = torch.searchsorted(sorted_key, torch.arange(num_pixels, dtype=key.dtype, device=key.device))
         grad += F.embedding_bag(order // t, g, offsets, per_sample_weights=weight.flatten()[order], mode="sum")
     return grad
 

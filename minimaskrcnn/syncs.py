@@ -11,6 +11,8 @@ Only calls on tensors that would live on the GPU count. On a CPU every tensor is
 which ones would stay on the host in a GPU run: those made by a factory (torch.tensor, zeros, arange, ...) without a
 `device` argument, `.cpu()` results, and whatever is computed from those alone; `.to(device)` moves one back. Model
 inputs, parameters and tensors made with `device=...` (code writes `device=x.device` to follow its data) count.
+Code that takes a CPU-only shortcut (nms, see minimaskrcnn.boxes) asks `counting_syncs()` and takes its GPU path while
+a counter runs, so that the count is a GPU run's.
 
     with SyncCounter(maskrcnn_stages()) as counter:
         losses = model(images, targets)
@@ -68,6 +70,15 @@ _FUNCTION_KINDS = {  # Python-level calls that wait on the device, whatever aten
 }
 _FROM_DATA = (torch.tensor, torch.as_tensor, torch.asarray)
 _TO_HOST = (torch.Tensor.cpu, torch.Tensor.numpy)
+
+
+_ACTIVE = [0]  # SyncCounters inside their `with` block
+
+
+def counting_syncs() -> bool:
+    """Whether a SyncCounter is counting. Code with a CPU-only shortcut that would sync on a GPU (nms's compacting
+    path) takes its GPU path then, so that the count is that of a GPU run."""
+    return _ACTIVE[0] > 0
 
 
 def _dispatch_kind(func, args, kwargs) -> str | None:
@@ -137,9 +148,11 @@ class SyncCounter:
     def __enter__(self) -> "SyncCounter":
         for mode in self._modes:
             mode.__enter__()
+        _ACTIVE[0] += 1
         return self
 
     def __exit__(self, *exc) -> None:
+        _ACTIVE[0] -= 1
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
 
@@ -279,7 +292,10 @@ def inference_syncs(model: torch.nn.Module, images: list,
 def maskrcnn_stages() -> dict[Callable, str]:
     """Our MaskRCNN's stages for SyncCounter, in pipeline order: which function's frames make up which stage.
 
-    Matching and sampling (anchors and proposals) are "sampling"; the loss functions and the mask targets "losses".
+    Matching and sampling (anchors and proposals) are "sampling"; the loss functions and the mask targets "losses";
+    the heads' forward passes (RoIHeads.forward / detect, predict_masks) "heads"; turning their outputs into
+    detections (decode_predictions, select_detections, mask_probabilities, MaskRCNN.postprocess) "post-processing",
+    as torchvision's postprocess_detections, maskrcnn_inference and transform.postprocess.
     """
     from minimaskrcnn import losses, masks, matching, model, roi_heads, roi_ops, rpn
     from minimaskrcnn.backbone import BackboneWithFPN
@@ -297,12 +313,14 @@ def maskrcnn_stages() -> dict[Callable, str]:
         roi_heads.positive_rois: "sampling",
         roi_ops.MultiScaleRoIPooler: "roi pooling",
         roi_heads.RoIHeads.forward: "heads",
+        roi_heads.RoIHeads.detect: "heads",
         rpn.rpn_losses: "losses",
         losses.classifier_loss: "losses",
         losses.box_regression_loss: "losses",
         losses.mask_loss: "losses",
         masks.mask_targets: "losses",
-        roi_heads.postprocess_detections: "post-processing",
+        roi_heads.decode_predictions: "post-processing",
+        roi_heads.select_detections: "post-processing",
         roi_heads.mask_probabilities: "post-processing",
         model.MaskRCNN.postprocess: "post-processing",
         torch.autograd.backward: "backward",

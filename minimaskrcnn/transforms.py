@@ -33,7 +33,10 @@ def _check_image(image, where: str) -> None:
 
 
 def normalize(image: Tensor, mean, std) -> Tensor:
-    """image: Tensor[3, H, W] float -> (image - mean) / std per channel (mean, std: 3 numbers)."""
+    """image: Tensor[3, H, W] float -> (image - mean) / std per channel (mean, std: 3 numbers, or Tensor[3]).
+
+    Python numbers are copied to the image's device on every call (a host sync on a GPU); MaskRCNN passes Tensor[3]
+    buffers that already live there."""
     _check_image(image, "normalize")
     mean = torch.as_tensor(mean, dtype=image.dtype, device=image.device)
     std = torch.as_tensor(std, dtype=image.dtype, device=image.device)
@@ -43,11 +46,12 @@ def normalize(image: Tensor, mean, std) -> Tensor:
 def resize_boxes(boxes: Tensor, from_size, to_size) -> Tensor:
     """boxes: Tensor[..., 4] (x1, y1, x2, y2) in an image of size from_size (h, w) -> the same boxes in to_size (h, w).
 
-    The ratios are float32 tensors (new size / old size per axis), as torchvision computes them.
+    The ratios (new size / old size per axis) are float32 divisions, as torchvision's float32 tensors give them, but
+    held as Python floats: nothing is copied to the boxes' device. (Half-precision boxes are multiplied by the
+    float32 ratio, as torch does on the CPU with torchvision's tensors.)
     """
-    ratio_h, ratio_w = (torch.tensor(new, dtype=torch.float32, device=boxes.device)
-                        / torch.tensor(old, dtype=torch.float32, device=boxes.device)
-                        for new, old in zip(to_size, from_size))
+    # new / old in float64 rounded to float32 is the float32 division (integer sizes: double rounding cannot change it)
+    ratio_h, ratio_w = (float(torch.tensor(new / old, dtype=torch.float32)) for new, old in zip(to_size, from_size))
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=-1)
 

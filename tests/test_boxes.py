@@ -23,6 +23,8 @@ from minimaskrcnn.boxes import (
     remove_small_boxes,
     upcast,
 )
+from minimaskrcnn.boxes import _sorted_nms
+from minimaskrcnn.syncs import SyncCounter
 
 
 def random_boxes(n, generator, size=100.0, max_wh=30.0):
@@ -134,11 +136,42 @@ def test_nms_many_boxes_several_blocks(monkeypatch):
     scores = torch.rand(3000, generator=g)
     keep = nms(boxes, scores, 0.5)  # two segments (NMS_SEGMENT 2048)
     check_nms_properties(boxes, scores, keep, 0.5)
-    # the block and segment sizes are only implementation details
-    assert nms(boxes, scores, 0.5, block_size=7).tolist() == keep.tolist()
-    assert nms(boxes, scores, 0.5, block_size=5000).tolist() == keep.tolist()
+    # the block and segment sizes are only implementation details, on both paths (CPU's and the sync-free one)
+    for sync_free in (False, True):
+        for block_size in (7, 5000):
+            assert _sorted_nms(boxes, scores, 0.5, None, block_size, sync_free).tolist() == keep.tolist()
     monkeypatch.setattr(boxes_module, "NMS_SEGMENT", 100)
-    assert nms(boxes, scores, 0.5).tolist() == keep.tolist()
+    assert _sorted_nms(boxes, scores, 0.5, None, None, True).tolist() == keep.tolist()
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5, 0.7])
+def test_cpu_path_and_sync_free_path_keep_the_same_boxes(thr):
+    """nms on the CPU drops suppressed boxes as it goes (_compacting_nms); a GPU takes the sync-free path (NMS_SEGMENT
+    segments settled by nms_mask). Run on the CPU with each path's parameters, both keep the same boxes."""
+    g = torch.Generator().manual_seed(int(thr * 10))
+    for n in (1, 300, 2500):  # 2500: two of the sync-free path's segments
+        boxes = clustered_boxes(n, g, clusters=max(n // 10, 1)).float()
+        scores = torch.rand(n, generator=g)
+        scores[::7] = scores[0]  # ties: the lower index first on both paths
+        groups = torch.randint(0, 5, (n,), generator=g)
+        for idxs in (None, groups):
+            cpu = _sorted_nms(boxes, scores, thr, idxs, None, sync_free=False)
+            assert torch.equal(cpu, _sorted_nms(boxes, scores, thr, idxs, None, sync_free=True))
+            assert torch.equal(cpu, nms(boxes, scores, thr) if idxs is None else batched_nms(boxes, scores, idxs, thr))
+            if idxs is None:
+                check_nms_properties(boxes, scores, cpu, thr)
+
+
+def test_sync_counter_sees_the_sync_free_path():
+    """Under a SyncCounter (which counts what a GPU run would do) nms takes the GPU's path: one sync per segment."""
+    g = torch.Generator().manual_seed(0)
+    boxes, scores = clustered_boxes(3000, g, clusters=300).float(), torch.rand(3000, generator=g)
+    assert not boxes_module._sync_free(boxes.device)
+    with SyncCounter() as counter:
+        assert boxes_module._sync_free(boxes.device)
+        keep = nms(boxes, scores, 0.5)
+    assert counter.total() == 2  # ceil(3000 / NMS_SEGMENT): the count of kept boxes per segment
+    assert torch.equal(keep, nms(boxes, scores, 0.5))
 
 
 def test_nms_by_hand_and_edge_cases():

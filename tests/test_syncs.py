@@ -111,15 +111,18 @@ def model():
                        representation_size=256, mask_head_layers=(64,) * 4, mask_dim_reduced=64)
 
 
-# Syncs per stage reached (issue 20), torch 2.13 on the CPU; lower them when a stage loses some. Before: rpn 237
-# (NMS rounds and boolean masks), sampling 30, losses 13 in a training step at 320 px. The issue's target, at most 40
-# per training step and 60 per inference, needs the stages still over it (transform, input checks, roi pooling,
-# sampling in roi_heads) done too.
-TRAIN_BUDGET = {"input checks": 9, "transform": 12, "backbone": 0, "rpn": 1, "sampling": 11, "roi pooling": 11,
-                "heads": 0, "losses": 10, "post-processing": 0, "backward": 3}  # 57 in all
-INFERENCE_BUDGET = {"input checks": 1, "transform": 4, "backbone": 0, "rpn": 1, "sampling": 0, "roi pooling": 12,
-                    "heads": 0, "losses": 0, "post-processing": 18, "backward": 0}  # 36 in all
-# (post-processing: this random model has 2000-3000 candidates per image, so batched_nms takes two NMS_SEGMENTs)
+# Syncs per stage reached (issue 20), torch 2.13 on the CPU; lower them when a stage loses some. Before issue 20, at
+# 320 px: 317 per training step, 330 per inference. What is left, per batch (not per image or per box):
+#   input checks: check_images' and check_targets' value checks read back once each (inference: images only);
+#   rpn: how many proposals each image keeps; sampling: the two samplers' candidate counts (torch.randperm needs them)
+#   and how many RoIs each image keeps; losses: mask_targets' adaptive RoIAlign orders the RoIs by grid, once per
+#   image; post-processing: the candidate count, batched_nms once per NMS_SEGMENT of each image (this random model
+#   has 2000-3000 candidates per image, so two segments), and the integer boxes of the pasted masks.
+TRAIN_BUDGET = {"input checks": 2, "transform": 0, "backbone": 0, "rpn": 1, "sampling": 3, "roi pooling": 0,
+                "heads": 0, "losses": 2, "post-processing": 0, "backward": 0}  # 8 in all
+INFERENCE_BUDGET = {"input checks": 1, "transform": 0, "backbone": 0, "rpn": 1, "sampling": 0, "roi pooling": 0,
+                    "heads": 0, "losses": 0, "post-processing": 6, "backward": 0}  # 8 in all
+ISSUE_TARGET = {"train": 40, "inference": 60}  # the most issue 20 allows for 2 images, whatever the stages
 
 
 def over_budget(counter: SyncCounter, budget: dict) -> dict:
@@ -131,7 +134,7 @@ def test_training_step_sync_budget(model):
     counter = train_step_syncs(model, images, targets)
     assert not over_budget(counter, TRAIN_BUDGET), f"stage: (syncs, budget)\n{counter.table('train step')}"
     assert counter.total("rpn") == 1  # the number of proposals each image keeps, once for the batch
-    assert counter.total() <= sum(TRAIN_BUDGET.values())
+    assert counter.total() <= sum(TRAIN_BUDGET.values()) <= ISSUE_TARGET["train"]
 
 
 def test_inference_sync_budget(model):
@@ -139,4 +142,4 @@ def test_inference_sync_budget(model):
     counter, detections = inference_syncs(model, images)
     assert all(len(d["boxes"]) for d in detections)  # there is something to post-process
     assert not over_budget(counter, INFERENCE_BUDGET), f"stage: (syncs, budget)\n{counter.table('inference')}"
-    assert counter.total() <= sum(INFERENCE_BUDGET.values())
+    assert counter.total() <= sum(INFERENCE_BUDGET.values()) <= ISSUE_TARGET["inference"]

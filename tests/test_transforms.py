@@ -78,6 +78,19 @@ def test_resize_boxes_per_axis():
     assert resize_boxes(boxes, (100, 50), (200, 25)).tolist() == [[5.0, 40.0, 15.0, 80.0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_resize_boxes_equals_float32_tensor_ratios(dtype):
+    """The host-side ratios give bit for bit what multiplying by torchvision's float32 ratio tensors gives."""
+    generator = torch.Generator().manual_seed(0)
+    boxes = (torch.rand(200, 4, generator=generator) * 1333).to(dtype)
+    for from_size, to_size in (((480, 640), (800, 1066)), ((333, 517), (799, 1333)), ((1000, 7), (13, 3))):
+        ratio_h, ratio_w = (torch.tensor(new, dtype=torch.float32) / torch.tensor(old, dtype=torch.float32)
+                            for new, old in zip(to_size, from_size))
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        expected = torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=-1)
+        assert torch.equal(resize_boxes(boxes, from_size, to_size), expected)
+
+
 def test_hflip_keeps_boxes_on_masks_and_is_an_involution():
     masks = _rect_masks(20, 30, [(2, 3, 9, 10), (25, 0, 30, 20)])
     target = _target_from_masks(masks)
