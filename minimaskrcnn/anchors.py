@@ -52,7 +52,6 @@ class AnchorGenerator(nn.Module):
         super().__init__()
         if len(sizes) != len(aspect_ratios):
             raise ValueError(f"one entry per level: {len(sizes)} sizes but {len(aspect_ratios)} aspect_ratios")
-        self.sizes, self.aspect_ratios = sizes, aspect_ratios
         self.cells = [cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios)]  # float32, on the CPU
         # device -> the cells copied there, once: a copy from the CPU to a GPU makes the host wait for the GPU.
         # (A cache, not buffers: model.half() would round buffers, and anchors stay float32.)

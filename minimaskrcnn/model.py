@@ -399,6 +399,14 @@ def _not_binary(masks: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------------------
+def rpn_settings(cfg: MaskRCNNConfig) -> dict:
+    """The RegionProposalNetwork's keyword settings from a config's rpn_* fields (the one place their values live)."""
+    names = ("fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image", "positive_fraction", "pre_nms_top_n_train",
+             "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test", "nms_thresh", "min_size",
+             "score_thresh")
+    return {name: getattr(cfg, f"rpn_{name}") for name in names}
+
+
 class MaskRCNN(nn.Module):
     """Mask R-CNN. num_classes = K + 1 counts the background too, as torchvision (91 for COCO); labels are 1..K.
 
@@ -423,19 +431,7 @@ class MaskRCNN(nn.Module):
         channels = self.backbone.out_channels
         anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios)
         self.rpn = RegionProposalNetwork(
-            anchor_generator,
-            RPNHead(channels, anchor_generator.num_anchors_per_location()[0]),
-            fg_iou_thresh=cfg.rpn_fg_iou_thresh,
-            bg_iou_thresh=cfg.rpn_bg_iou_thresh,
-            batch_size_per_image=cfg.rpn_batch_size_per_image,
-            positive_fraction=cfg.rpn_positive_fraction,
-            pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-            pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-            post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-            post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-            nms_thresh=cfg.rpn_nms_thresh,
-            min_size=cfg.rpn_min_size,
-            score_thresh=cfg.rpn_score_thresh,
+            anchor_generator, RPNHead(channels, anchor_generator.num_anchors_per_location()[0]), **rpn_settings(cfg)
         )
         levels, pooling = ["p2", "p3", "p4", "p5"], (cfg.sampling_ratio, cfg.roi_aligned, cfg.roi_op)
         self.roi_heads = RoIHeads(

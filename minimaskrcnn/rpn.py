@@ -147,11 +147,10 @@ class RegionProposalNetwork(nn.Module):
     training with targets).
     """
 
-    def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, fg_iou_thresh: float = 0.7,
-                 bg_iou_thresh: float = 0.3, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
-                 pre_nms_top_n_train: int = 2000, pre_nms_top_n_test: int = 1000, post_nms_top_n_train: int = 2000,
-                 post_nms_top_n_test: int = 1000, nms_thresh: float = 0.7, min_size: float = 1e-3,
-                 score_thresh: float = 0.0):
+    def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, *, fg_iou_thresh: float, bg_iou_thresh: float,
+                 batch_size_per_image: int, positive_fraction: float, pre_nms_top_n_train: int, pre_nms_top_n_test: int,
+                 post_nms_top_n_train: int, post_nms_top_n_test: int, nms_thresh: float, min_size: float,
+                 score_thresh: float):
         super().__init__()
         self.anchor_generator, self.head = anchor_generator, head
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)

@@ -8,6 +8,7 @@ from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import build_backbone
 from minimaskrcnn.boxes import encode_boxes
 from minimaskrcnn.matching import BalancedSampler, Matcher
+from minimaskrcnn.model import MaskRCNNConfig, rpn_settings
 from minimaskrcnn.rpn import (
     RegionProposalNetwork,
     RPNHead,
@@ -22,7 +23,7 @@ RATIOS = ((0.5, 1.0, 2.0),) * 5
 
 
 def small_rpn(channels=8, **kwargs):
-    return RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), RPNHead(channels, 3), **kwargs)
+    return RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), RPNHead(channels, 3), **(rpn_settings(MaskRCNNConfig()) | kwargs))
 
 
 def random_features(n, batch_shape, channels=8, seed=0):

@@ -9,6 +9,7 @@ import torch
 
 from minimaskrcnn.anchors import AnchorGenerator
 from minimaskrcnn.backbone import build_backbone
+from minimaskrcnn.model import MaskRCNNConfig, rpn_settings
 from minimaskrcnn.rpn import RegionProposalNetwork, RPNHead
 from minimaskrcnn.widgets.rpn import feature_explorer, feature_view, proposal_explorer, proposals_view
 
@@ -21,7 +22,7 @@ def setup():
     with torch.no_grad():
         features = backbone(image[None])
     rpn = RegionProposalNetwork(AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 5),
-                                RPNHead(8, 3)).eval()
+                                RPNHead(8, 3), **rpn_settings(MaskRCNNConfig())).eval()
     with torch.no_grad():
         anchors, level_sizes, objectness, _, proposals = rpn.predict(list(features.values()), (64, 64))
     return image, features, proposals[0], objectness[0], level_sizes
