@@ -165,7 +165,7 @@ def _heads_pair():
     from torchvision.models.detection import roi_heads as tv
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead as TVTwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-    from torchvision.ops import MultiScaleRoIPooler as TVPool
+    from torchvision.ops import MultiScaleRoIAlign as TVPool
 
     from minimaskrcnn.roi_heads import RoIHeads
     from minimaskrcnn.roi_ops import MultiScaleRoIPooler
