@@ -113,6 +113,16 @@ def move_first_control(driver, root) -> str:
     return f"slider -> {control.get_attribute('aria-valuenow')}"
 
 
+def interactive_widget_outputs(nb: dict) -> list[str]:
+    """The model ids of the widget views the notebook file shows, leaving out plain Output widgets (a live plot
+    area: no control to move), as far as the saved widget state says which is which."""
+    state = nb.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    models = state.get("state", {})
+    views = [o["data"][WIDGET_MIME]["model_id"] for c in nb["cells"] if c["cell_type"] == "code"
+             for o in c.get("outputs", []) if WIDGET_MIME in o.get("data", {})]
+    return [v for v in views if models.get(v, {}).get("model_name") != "OutputModel"]
+
+
 def check_notebook(driver, port: int, token: str, path: Path) -> list[str]:
     """Run one notebook in the page and exercise its widgets; returns the failures (empty when all is well)."""
     failures = []
@@ -135,8 +145,7 @@ def check_notebook(driver, port: int, token: str, path: Path) -> list[str]:
     if failures:
         return failures
 
-    expected = sum(any(WIDGET_MIME in o.get("data", {}) for o in c.get("outputs", []))
-                   for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    expected = len(interactive_widget_outputs(json.loads(path.read_text())))
     # A widget's output area is a panel holding a `.jupyter-widgets` view; its own pictures sit in nested areas.
     roots = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
     roots = [r for r in roots if r.find_elements(By.CSS_SELECTOR, ":scope > .jupyter-widgets")
