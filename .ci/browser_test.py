@@ -8,7 +8,7 @@ for every widget the page shows, change its first control as a user would (a sli
 a dropdown by picking the next option, a checkbox by clicking) and wait until the widget's picture changes. Some
 bugs exist only here: the browser snaps slider values to the slider's steps, and a callback that raises only shows
 its traceback inside the widget. Needs Debian's `chromium` and `chromium-driver` and `selenium` (pip).
-Nothing is saved: the notebooks on disk are not modified.
+Nothing is saved: autosave is off, and a notebook changed on disk during the run is put back and reported.
 """
 import hashlib
 import json
@@ -70,6 +70,9 @@ def start_lab(settings: Path, port: int, token: str) -> subprocess.Popen:
     tracker = settings / "@jupyterlab" / "notebook-extension"
     tracker.mkdir(parents=True)
     (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    docmanager = settings / "@jupyterlab" / "docmanager-extension"  # no autosave: the files on disk stay as they are
+    docmanager.mkdir(parents=True)
+    (docmanager / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
     log = open(settings / "lab.log", "w")
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
            "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={ROOT}",
@@ -174,6 +177,7 @@ def main(paths: list[str]) -> int:
         return 2
     port, token = free_port(), hashlib.sha1(os.urandom(16)).hexdigest()
     failures = []
+    originals = {Path(path): Path(path).read_bytes() for path in paths}
     with tempfile.TemporaryDirectory() as tmp:
         lab = start_lab(Path(tmp), port, token)
         driver = None
@@ -194,6 +198,10 @@ def main(paths: list[str]) -> int:
                 driver.quit()
             lab.terminate()
             lab.wait(timeout=30)
+    for path, content in originals.items():  # the page must never write the notebooks: put back and fail if it did
+        if path.read_bytes() != content:
+            path.write_bytes(content)
+            failures.append(f"{path}: the file was changed on disk during the run (restored)")
     for failure in failures:
         print("FAIL", failure)
     print(f"browser test: {len(paths)} notebook(s), {len(failures)} failure(s)")
