@@ -183,8 +183,9 @@ def record_ops(tv) -> dict:
     return out
 
 
-def _freeze_batch_norms(module, frozen_cls) -> None:
-    """Every BatchNorm2d -> torchvision's FrozenBatchNorm2d with its statistics (as in its published model)."""
+def freeze_batch_norms(module, frozen_cls) -> None:
+    """Every BatchNorm2d -> frozen_cls (torchvision's FrozenBatchNorm2d) with its statistics, as in its published model.
+    Also used by tests/test_parity.py."""
     for name, child in module.named_children():
         if isinstance(child, torch.nn.BatchNorm2d):
             frozen = frozen_cls(child.num_features, eps=child.eps)
@@ -192,7 +193,7 @@ def _freeze_batch_norms(module, frozen_cls) -> None:
                 getattr(frozen, key).copy_(getattr(child, key))
             setattr(module, name, frozen)
         else:
-            _freeze_batch_norms(child, frozen_cls)
+            freeze_batch_norms(child, frozen_cls)
 
 
 @torch.no_grad()
@@ -203,7 +204,7 @@ def record_model(tv) -> dict:
     state = seeded_state_dict(SEED)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **TORCHVISION_KWARGS)
     model.load_state_dict(state, strict=True)
-    _freeze_batch_norms(model, FrozenBatchNorm2d)
+    freeze_batch_norms(model, FrozenBatchNorm2d)
     images = golden_images()
     detections = model.eval()([im.float() / 255 for im in images])
     results = []

@@ -18,6 +18,7 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers  # noq
 from torchvision.ops.misc import FrozenBatchNorm2d as TvFrozenBatchNorm2d  # noqa: E402
 
 from minimaskrcnn.masks import paste_masks_in_image  # noqa: E402
+from record_golden import freeze_batch_norms  # noqa: E402  (tests/ is on sys.path under pytest)
 from minimaskrcnn.model import build_model  # noqa: E402
 from minimaskrcnn.roi_heads import mask_probabilities, postprocess_detections  # noqa: E402
 from minimaskrcnn.rpn import filter_proposals  # noqa: E402
@@ -45,18 +46,6 @@ def parity_images() -> list[torch.Tensor]:
     return [photo, wide, small.clamp(0, 1), synthetic]
 
 
-def _freeze_batch_norms(module: torch.nn.Module) -> None:
-    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d with the same statistics (as its COCO model)."""
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.BatchNorm2d):
-            frozen = TvFrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key))
-            setattr(module, name, frozen)
-        else:
-            _freeze_batch_norms(child)
-
-
 @torch.no_grad()
 def reference_model(images: list[torch.Tensor], **kwargs) -> torch.nn.Module:
     """torchvision's Mask R-CNN with random weights that give a spread of scores, in eval mode.
@@ -79,7 +68,7 @@ def reference_model(images: list[torch.Tensor], **kwargs) -> torch.nn.Module:
     body.train()
     for image in images:
         body(model.transform([image])[0].tensors)
-    _freeze_batch_norms(model)
+    freeze_batch_norms(model, TvFrozenBatchNorm2d)
     model.rpn.head.cls_logits.weight.mul_(10)  # logits up to ~16: spread out, sigmoid not saturated at 1.0
     model.roi_heads.box_predictor.cls_score.weight.mul_(3)
     model.roi_heads.box_predictor.bbox_pred.weight.mul_(3)
