@@ -332,7 +332,7 @@ def cmd_train(args) -> int:
     cfg = engine.TrainConfig(
         steps=pick("steps"), batch_size=pick("batch_size"), optimizer=pick("optimizer"), lr=pick("lr"),
         weight_decay=pick("weight_decay"), warmup_steps=pick("warmup_steps"),
-        schedule=args.schedule, seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        schedule=args.schedule, seed=args.seed, eval_every=pick("eval_every"), checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, num_workers=args.workers, amp=not args.no_amp, progress=not args.no_progress)
     info = {"preset": args.preset, "overrides": overrides, "weights": args.weights,
             "class_names": list(train_set.class_names), "category_ids": _plain(train_set.category_ids)}
@@ -611,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model config override, repeatable, e.g. --override rpn_post_nms_top_n_train=300")
     t.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the initial weights, data order, augmentation and sampling")
-    t.add_argument("--eval-every", type=non_negative_int, default=0, help="evaluate every N steps (0: at the end only)")
+    t.add_argument("--eval-every", type=non_negative_int,
+                   help="evaluate every N steps (0: at the end only; default: per preset)")
     t.add_argument("--checkpoint-every", type=positive_int, default=100, help="checkpoint every N steps")
     t.add_argument("--log-every", type=positive_int, default=10, help="metrics record every N steps")
     t.add_argument("--stop-at", type=positive_int, help="stop after this step (the schedule still spans --steps)")

@@ -40,7 +40,7 @@ from minimaskrcnn.checkpoints import (CHECKPOINT_NAME, FORMAT_VERSION, as_lists,
 from minimaskrcnn.data import collate
 from minimaskrcnn.distributed import (barrier, broadcast_object, default_device, gather_objects, get_rank,
                                       get_world_size, init_distributed, mean_over_processes, unwrap, wrap)
-from minimaskrcnn.evaluation import IOU_TYPES, coco_evaluate, merge_results, predict_dataset
+from minimaskrcnn.evaluation import IOU_NAMES, IOU_TYPES, coco_evaluate, merge_results, predict_dataset
 from minimaskrcnn.utils import rng_states, set_rng_states
 
 METRICS_NAME = "metrics.jsonl"
@@ -450,12 +450,20 @@ class _Run:
         self.t_last, self.step_last = now, self.step
 
     def evaluate(self, val_set) -> dict:
-        """COCO metrics on val_set (every process takes part); their summary is logged."""
+        """COCO metrics on val_set (every process takes part); their summary is logged, and rank 0 prints one line
+        of it (above the progress bar) when the progress bar is on."""
         cfg = self.cfg
+        start = time.perf_counter()
         metrics = evaluate(self.model, val_set, self.device, cfg.eval_batch_size, amp=cfg.amp,
                            num_workers=cfg.num_workers)
         self.log({"step": self.step,
                   "eval": {t: {k: v for k, v in m.items() if k != "per_class"} for t, m in metrics.items()}})
+        if self.rank == 0 and cfg.progress:
+            scores = ", ".join(f"{IOU_NAMES.get(t, t)} AP {m['AP']:.3f} AP50 {m['AP50']:.3f}"
+                               for t, m in metrics.items())
+            tqdm.write(f"step {self.step}/{cfg.steps}: {scores} on {len(val_set)} val images "
+                       f"({time.perf_counter() - start:.0f} s)")
+        self.t_last += time.perf_counter() - start  # the images/s of the next loss record count training only
         return metrics
 
     def checkpoint(self) -> None:

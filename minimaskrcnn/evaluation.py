@@ -28,6 +28,7 @@ from pycocotools.cocoeval import COCOeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six numbers of COCOeval.stats
 IOU_TYPES = ("bbox", "segm")
+IOU_NAMES = {"bbox": "box", "segm": "mask"}  # what a learner calls each iou type
 
 
 def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:

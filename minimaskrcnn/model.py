@@ -240,6 +240,7 @@ class TrainingRecipe:
     lr: float  # peak learning rate, after the warm-up
     weight_decay: float  # L2 penalty (SGD) or decoupled decay rate (AdamW)
     warmup_steps: int  # linear warm-up length
+    eval_every: int  # evaluate on val every this many steps, for the AP curve (0: only at the end)
     num_train: int  # --data shapes: training images generated when data/shapes has none
     num_val: int  # ... validation images
     image_size: int  # ... their side in pixels
@@ -250,14 +251,14 @@ PRESET_TRAINING: dict[str, TrainingRecipe] = {
     # torchvision's fine-tuning tutorial's schedule (Penn-Fudan: 10 epochs of 60 steps of 2 images), for the
     # reference model started from the COCO or ImageNet weights (train --weights)
     "r50_fpn": TrainingRecipe(steps=600, batch_size=2, optimizer="sgd", lr=0.005, weight_decay=5e-4, warmup_steps=60,
-                              num_train=5000, num_val=500, image_size=256),
+                              eval_every=0, num_train=5000, num_val=500, image_size=256),
     # notebook 11's GPU run: from scratch with SGD, a longer warm-up for the random weights
     "r50_fpn_gn": TrainingRecipe(steps=1400, batch_size=8, optimizer="sgd", lr=0.02, weight_decay=1e-4,
-                                 warmup_steps=200, num_train=1000, num_val=200, image_size=256),
+                                 warmup_steps=200, eval_every=0, num_train=1000, num_val=200, image_size=256),
     # `make train` on a 2-core CPU in about 10 minutes: AdamW, which learns the from-scratch box classifier much
     # sooner than SGD (BENCHMARKS.md has both)
     "tiny": TrainingRecipe(steps=2000, batch_size=4, optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100,
-                           num_train=400, num_val=100, image_size=128),
+                           eval_every=500, num_train=400, num_val=100, image_size=128),
 }
 
 

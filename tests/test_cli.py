@@ -143,8 +143,9 @@ def test_a_preset_trains_its_model_with_its_recipe(preset, shapes, tmp_path, tra
     (call,) = training
     recipe = PRESET_TRAINING[preset]
     assert call.model.cfg == build_model(preset, 2).cfg == PRESETS[preset]
-    assert (call.cfg.steps, call.cfg.optimizer, call.cfg.lr, call.cfg.weight_decay, call.cfg.warmup_steps) == (
-        recipe.steps, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.warmup_steps)
+    assert (call.cfg.steps, call.cfg.optimizer, call.cfg.lr, call.cfg.weight_decay, call.cfg.warmup_steps,
+            call.cfg.eval_every) == (recipe.steps, recipe.optimizer, recipe.lr, recipe.weight_decay,
+                                     recipe.warmup_steps, recipe.eval_every)
     assert call.cfg.batch_size == 2  # the command line wins over the recipe
 
 

@@ -371,6 +371,21 @@ def test_resume_refuses_another_model_data_or_setup(toy, tmp_path):
     assert engine.train(toy_model(), toy.ToyDataset(), free, out_dir=run, resume=True).step == 12
 
 
+def test_evaluations_during_training_are_logged_and_printed(toy, tmp_path, capsys):
+    """eval_every: the metrics of steps 4 and 8 and the final one (12) are records of the history, and with the
+    progress bar on, each is one printed line a learner reads (box and mask AP and AP50, as logged)."""
+    cfg = toy.config(eval_every=4, progress=True)
+    result = engine.train(toy.ToyDetector(), toy.ToyDataset(), cfg, out_dir=tmp_path / "run", val_set=toy.ToyDataset())
+    evals = [r for r in result.history if "eval" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 3
+    for line, record in zip(lines, evals):
+        box, mask = record["eval"]["bbox"], record["eval"]["segm"]
+        assert line.startswith(f"step {record['step']}/12: box AP {box['AP']:.3f} AP50 {box['AP50']:.3f}, "
+                               f"mask AP {mask['AP']:.3f} AP50 {mask['AP50']:.3f} on 12 val images ("), line
+
+
 def test_resume_honours_a_longer_schedule(toy, tmp_path):
     run = tmp_path / "run"
     engine.train(toy.ToyDetector(), toy.ToyDataset(), toy.config(steps=6, log_every=1), out_dir=run)

@@ -52,11 +52,15 @@ def test_history_plot_draws_losses_lr_and_ap():
     from minimaskrcnn.viz.train import plot_history
 
     records = [{"step": s, "lr": 0.01 * s, "loss": 2.0 / s, "loss_mask": 1.0 / s} for s in (1, 2, 3)]
-    records.append({"step": 3, "eval": {"bbox": {"AP": 0.3}, "segm": {"AP": 0.4}}})
+    for step, ap in ((2, 0.2), (3, 0.4)):  # evaluations during training: a curve per iou type and metric
+        records.append({"step": step, "eval": {"bbox": {"AP": ap - 0.1, "AP50": ap + 0.3},
+                                               "segm": {"AP": ap, "AP50": ap + 0.4}}})
     loss_ax, lr_ax, ap_ax = plot_history(records, fig=Figure()).axes
     assert [line.get_label() for line in loss_ax.lines] == ["total", "mask"]
     assert list(lr_ax.lines[0].get_ydata()) == pytest.approx([0.01, 0.02, 0.03])
-    assert [line.get_label() for line in ap_ax.lines] == ["bbox AP", "segm AP"]
+    curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ap_ax.lines}
+    assert curves == {"box AP": ([2, 3], pytest.approx([0.1, 0.3])), "box AP50": ([2, 3], pytest.approx([0.5, 0.7])),
+                      "mask AP": ([2, 3], pytest.approx([0.2, 0.4])), "mask AP50": ([2, 3], pytest.approx([0.6, 0.8]))}
     LiveHistory(every=1).update(records[0])  # a real redraw into the Output widget
 
 

@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from minimaskrcnn.evaluation import IOU_NAMES
 from minimaskrcnn.viz.data import draw_instances
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -40,11 +41,13 @@ def plot_history(records: list[dict], fig=None):
     ax_lr.plot(steps, [r["lr"] for r in losses], color="tab:purple")
     ax_lr.set(title="learning rate", xlabel="step")
     for iou_type, color in (("bbox", "tab:blue"), ("segm", "tab:red")):
-        pts = [(r["step"], r["eval"][iou_type]["AP"]) for r in evals if iou_type in r["eval"]]
-        if pts:
-            ax_ap.plot(*zip(*pts), "o-", color=color, label=f"{iou_type} AP")
-            ax_ap.legend(fontsize=7)
-    ax_ap.set(title="validation AP@[.5:.95]", xlabel="step", ylim=(0, 1))
+        for metric, style in (("AP", "o-"), ("AP50", "s--")):
+            pts = [(r["step"], r["eval"][iou_type][metric]) for r in evals if iou_type in r["eval"]]
+            if pts:
+                ax_ap.plot(*zip(*pts), style, color=color, ms=4, label=f"{IOU_NAMES[iou_type]} {metric}")
+    if evals:
+        ax_ap.legend(fontsize=7)
+    ax_ap.set(title="validation AP (AP@[.5:.95] and AP50)", xlabel="step", ylim=(0, 1))
     fig.tight_layout()
     return fig
 
