@@ -301,6 +301,27 @@ PAPER = {
 }
 
 
+def paper_table(results: dict) -> str:
+    """The summary of a `--study table2` results dict beside the paper's numbers: a markdown table, one line per
+    PAIRS["table2"] pair, mask AP in points; ours: mean ± standard deviation over seeds, the differences paired per
+    seed (choice - alternative); the paper's differences from its Table 2 / section 4.2 numbers."""
+    summary = results["summary"]
+    lines = ["| choice vs alternative | paper's row | ours: AP | ours: Δ AP | ours: Δ AP75 | paper: AP | paper: Δ AP "
+             "| paper: Δ AP75 |", "|---|---|---|---|---|---|---|---|"]
+    for a, b in PAIRS["table2"]:
+        paper, diff = PAPER["table2"][a, b], summary[f"{a} - {b}"]
+        choice, alternative = paper["choice"], paper["alternative"]
+
+        def paper_diff(metric):
+            return f"{choice[metric] - alternative[metric]:+.1f}" if metric in choice else "not given"
+
+        lines.append(f"| {a} vs {b} | {paper['source']} | {summary[a]['AP'][0]:.1f} ± {summary[a]['AP'][1]:.1f} vs "
+                     f"{summary[b]['AP'][0]:.1f} ± {summary[b]['AP'][1]:.1f} | {diff['AP'][0]:+.1f} ± "
+                     f"{diff['AP'][1]:.1f} | {diff['AP75'][0]:+.1f} ± {diff['AP75'][1]:.1f} | {choice['AP']} vs "
+                     f"{alternative['AP']} | {paper_diff('AP')} | {paper_diff('AP75')} |")
+    return "\n".join(lines)
+
+
 def run_study(variants, setup: Setup, seeds, root, log=print, crops: int = 0) -> list[dict]:
     """Train and score every variant with every seed on one data set written under `root`.
 
@@ -396,6 +417,8 @@ def main(argv=None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
+    if args.study == "table2":
+        print(paper_table(results))
     return results
 
 
