@@ -108,5 +108,5 @@ def plot_paired_differences(ax, ours: dict, paper: dict, metric: str = "AP"):
     ax.set_yticks(list(ys), labels, fontsize=8)
     ax.invert_yaxis()  # first comparison on top
     ax.set_xlabel(f"mask {metric}: choice - alternative (points)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     return ax
