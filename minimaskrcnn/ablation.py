@@ -330,8 +330,8 @@ def paper_table(results: dict) -> str:
     PAIRS["table2"] pair, mask AP in points; ours: mean ± standard deviation over seeds, the differences paired per
     seed (choice - alternative); the paper's differences from its Table 2 / section 4.2 numbers."""
     summary = results["summary"]
-    lines = ["| choice vs alternative | paper's row | ours: AP | ours: Δ AP | ours: Δ AP75 | paper: AP | paper: Δ AP "
-             "| paper: Δ AP75 |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| choice vs alternative | paper's row | ours: AP | ours: Δ AP | ours: Δ AP75 | paper: AP "
+             "| paper: Δ AP | paper: Δ AP75 |", "|---|---|---|---|---|---|---|---|"]
     for a, b in PAIRS["table2"]:
         paper, diff = PAPER["table2"][a, b], summary[f"{a} - {b}"]
         choice, alternative = paper["choice"], paper["alternative"]
