@@ -371,11 +371,12 @@ class _RoIPool(torch.autograd.Function):
         step = max(_CHUNK_FLOATS // max(c * ph * pw * len_y * len_x, 1), 1)
         for s in range(0, r, step):  # chunks of RoIs (bounded memory), not a loop over RoIs
             sl = slice(s, s + step)
-            vals = table[pixel[sl]].masked_fill(~ok[sl, :, :, None], float("-inf"))  # (Rc, bins, L, C)
-            # first maximum in row-major order, as the reference (argmax + gather: max(dim) with indices is
-            # slow on a busy multi-threaded CPU)
-            where = vals.argmax(dim=2)  # (Rc, bins, C)
-            best = vals.gather(2, where[:, :, None])[:, :, 0]
+            # channels first, a bin's pixels last and contiguous: argmax over the last dim is ~4x faster on a CPU
+            # than over a strided middle one (and max(dim) with indices is slow on a busy multi-threaded CPU)
+            vals = table.t()[:, pixel[sl]].masked_fill(~ok[sl], float("-inf"))  # (C, Rc, bins, L)
+            where = vals.argmax(dim=3)  # (C, Rc, bins): first maximum in row-major order, as the reference
+            best = vals.gather(3, where[..., None])[..., 0].permute(1, 2, 0)  # (C, Rc, bins) -> (Rc, bins, C)
+            where = where.permute(1, 2, 0)  # (C, Rc, bins) -> (Rc, bins, C)
             nonempty = ok[sl].any(dim=2)[:, :, None]  # (Rc, bins, 1)
             out[sl] = torch.where(nonempty, best, 0)
             argmax[sl] = torch.where(nonempty, torch.gather(pixel[sl], 2, where), -1)

@@ -1,6 +1,7 @@
-"""Pictures of RoIPool and RoIAlign: a box on a feature grid, RoIPool's quantised bins, RoIAlign's sample points.
+"""Pictures of RoIPool and RoIAlign: a box on a feature grid, RoIPool's quantised bins, RoIAlign's sample points;
+and of ablations of the mask branch (bars, paired differences beside the paper's, predicted mask crops).
 
-Built in notebooks/06_roialign_vs_roipool.ipynb.
+Built in notebooks/06_roialign_vs_roipool.ipynb and notebooks/12_paper_ablations.ipynb.
 """
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
@@ -91,3 +92,21 @@ def plot_mask_crops(fig, rows: dict, max_cols: int = 6):
         axes[r][0].set_ylabel(name.replace(", ", "\n"), fontsize=8, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.14)  # room for the names
     return fig
+
+
+def plot_paired_differences(ax, ours: dict, paper: dict, metric: str = "AP"):
+    """Horizontal bars, one pair of bars per comparison: ours {label: (mean, spread)} of the paired difference
+    choice - alternative (spread drawn as an error bar) and the paper's {label: value} (absent: no bar).
+    In points; a bar right of 0 means the paper's choice did better. Returns ax."""
+    labels = list(ours)
+    ys = range(len(labels))
+    ax.barh([y - 0.2 for y in ys], [ours[k][0] for k in labels], 0.4, xerr=[ours[k][1] for k in labels], capsize=3,
+            label="ours (mean ± std over seeds)")
+    known = [(y, paper[k]) for y, k in zip(ys, labels) if paper.get(k) is not None]
+    ax.barh([y + 0.2 for y, _ in known], [v for _, v in known], 0.4, label="paper (COCO)", color="tab:gray")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()  # first comparison on top
+    ax.set_xlabel(f"mask {metric}: choice - alternative (points)")
+    ax.legend(fontsize=8, loc="center right")
+    return ax
