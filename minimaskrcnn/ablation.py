@@ -276,12 +276,14 @@ def evaluate_variant(net: MaskBranch, data: Data) -> tuple[dict, Tensor]:
 def class_competition(net: MaskBranch, data: Data) -> dict:
     """Why a softmax mask head can fail: over the pixels inside every validation object's target mask (exact box),
     the mean probability of foreground (1 - P(background)), the mean probability of the object's own class (the
-    mask that is scored), and how often the most likely class (background excluded) is the object's.
-    net: a MaskBranch with mask_loss "softmax" -> {"foreground", "own class", "class accuracy"}."""
+    mask that is scored), and how often the most likely class (background excluded) is the object's; and, over the
+    pixels of the box's M x M frame outside the target mask, the mean probability of foreground there.
+    net: a MaskBranch with mask_loss "softmax" -> {"foreground", "own class", "class accuracy",
+    "foreground outside"}."""
     if net.variant.mask_loss != "softmax":
         raise ValueError(f"class_competition: variant {net.variant.name!r} has no softmax over classes")
     net.eval()
-    foreground, own, correct, pixels = 0.0, 0.0, 0, 0
+    foreground, own, correct, pixels, outside_foreground, outside_pixels = 0.0, 0.0, 0, 0, 0.0, 0
     for image, target in data.val:
         boxes, labels = target["boxes"], target["labels"]
         rois = torch.cat((torch.zeros(len(boxes), 1), boxes), dim=1)  # (G, 1) + (G, 4) -> (G, 5)
@@ -292,8 +294,11 @@ def class_competition(net: MaskBranch, data: Data) -> dict:
         best = probs[:, 1:].argmax(dim=1) + 1  # (G, K, M, M) -> (G, M, M): the most likely object class
         correct += int((best == labels[:, None, None])[inside].sum())
         pixels += int(inside.sum())
+        outside_foreground += (1 - probs[:, 0])[~inside].sum().item()
+        outside_pixels += int((~inside).sum())
     net.train()
-    return {"foreground": foreground / pixels, "own class": own / pixels, "class accuracy": correct / pixels}
+    return {"foreground": foreground / pixels, "own class": own / pixels, "class accuracy": correct / pixels,
+            "foreground outside": outside_foreground / outside_pixels}
 
 
 # The paper's numbers for each study (He et al. 2017, Table 2; COCO mask AP in points, ResNet-50 backbones):

@@ -164,17 +164,21 @@ def test_a_tiny_study_runs_end_to_end(tmp_path):
     json.dumps(runs)  # what main writes
 
 
-def test_class_competition_reads_the_softmax_inside_the_masks():
+def test_class_competition_reads_the_softmax_inside_and_outside_the_masks():
     net = MaskBranch(Variant("softmax", mask_loss="softmax"), Setup(), num_classes=3)
     masks = torch.zeros(1, 64, 64)
-    masks[0, 16:48, 16:48] = 1
+    masks[0, 16:48, 16:32] = 1  # the left half of the box: columns 0-13 of its 28 x 28 frame
     target = {"boxes": torch.tensor([[16.0, 16.0, 48.0, 48.0]]), "labels": torch.tensor([2]), "masks": masks}
     data = Data(train=[], val=[(torch.rand(3, 64, 64), target)], val_set=None, num_classes=3)
-    # logits (background, class 1, class 2) = (0, 1, 0) everywhere: foreground 1 - 1/(2+e), own class 1/(2+e)
-    net.forward = lambda images, rois: torch.tensor([0.0, 1.0, 0.0])[None, :, None, None].expand(len(rois), 3, 28, 28)
+    # logits (background, class 1, class 2) = (0, 1, 0) on the left half: foreground 1 - 1/(2+e), own class
+    # 1/(2+e); (20, 0, 0) on the right half: background almost surely
+    logits = torch.tensor([0.0, 1.0, 0.0])[:, None, None].repeat(1, 28, 28)
+    logits[:, :, 14:] = torch.tensor([20.0, 0.0, 0.0])[:, None, None]
+    net.forward = lambda images, rois: logits[None].expand(len(rois), 3, 28, 28)
     result = class_competition(net, data)
     assert result["foreground"] == pytest.approx(1 - 1 / (2 + math.e))
     assert result["own class"] == pytest.approx(1 / (2 + math.e))
     assert result["class accuracy"] == 0.0  # class 1 is the most likely everywhere; the object is class 2
+    assert result["foreground outside"] < 0.01  # the right half (and one border pixel of the left half's edge)
     with pytest.raises(ValueError, match="'sigmoid' has no softmax"):
         class_competition(MaskBranch(Variant("sigmoid"), Setup(), 3), data)

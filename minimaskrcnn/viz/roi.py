@@ -94,19 +94,29 @@ def plot_mask_crops(fig, rows: dict, max_cols: int = 6):
     return fig
 
 
-def plot_paired_differences(ax, ours: dict, paper: dict, metric: str = "AP"):
+def plot_paired_differences(ax, ours: dict, paper: dict, metric: str = "AP", notes: dict | None = None):
     """Horizontal bars, one pair of bars per comparison: ours {label: (mean, spread)} of the paired difference
-    choice - alternative (spread drawn as an error bar) and the paper's {label: value} (absent: no bar).
-    In points; a bar right of 0 means the paper's choice did better. Returns ax."""
+    choice - alternative (spread drawn as an error bar) and the paper's {label: value} (absent or None: no bar, and
+    the note "paper: not given" in its place). notes {label: text}: a short note written beside that comparison's
+    paper bar (e.g. which of the paper's rows it is). In points; a bar right of 0 means the paper's choice did
+    better. Returns ax."""
+    notes = notes or {}
     labels = list(ours)
     ys = range(len(labels))
     ax.barh([y - 0.2 for y in ys], [ours[k][0] for k in labels], 0.4, xerr=[ours[k][1] for k in labels], capsize=3,
             label="ours (mean ± std over seeds)")
     known = [(y, paper[k]) for y, k in zip(ys, labels) if paper.get(k) is not None]
     ax.barh([y + 0.2 for y, _ in known], [v for _, v in known], 0.4, label="paper (COCO)", color="tab:gray")
+    x0, x1 = ax.get_xlim()
+    pad = 0.01 * (x1 - x0)
+    for y, k in zip(ys, labels):  # the notes, just right of the paper's bar (or of 0 where it has none)
+        text = notes.get(k) if paper.get(k) is not None else "paper: not given"
+        if text:
+            ax.text(max(paper.get(k) or 0, 0) + pad, y + 0.2, text, fontsize=7, va="center", color="dimgray")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(list(ys), labels, fontsize=8)
-    ax.invert_yaxis()  # first comparison on top
+    if not ax.yaxis_inverted():  # (axes sharing y share the inversion: invert it once)
+        ax.invert_yaxis()  # first comparison on top
     ax.set_xlabel(f"mask {metric}: choice - alternative (points)")
     ax.legend(fontsize=8, loc="center right")
     return ax
