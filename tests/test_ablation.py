@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from minimaskrcnn.ablation import (PAIRS, PAPER, STUDIES, Data, MaskBranch, Setup, Variant, class_competition,
-                                   jitter_boxes, main, paper_table, run_study, summarize)
+                                   crop_ious, jitter_boxes, main, paper_table, run_study, summarize, target_crops)
 from minimaskrcnn.losses import mask_loss
 
 
@@ -182,3 +182,20 @@ def test_class_competition_reads_the_softmax_inside_and_outside_the_masks():
     assert result["foreground outside"] < 0.01  # the right half (and one border pixel of the left half's edge)
     with pytest.raises(ValueError, match="'sigmoid' has no softmax"):
         class_competition(MaskBranch(Variant("sigmoid"), Setup(), 3), data)
+
+
+def test_target_crops_and_their_ious():
+    masks = torch.zeros(2, 64, 64)
+    masks[0, 16:48, 16:32] = 1  # the left half of its box
+    masks[1, 0:8, 0:8] = 1  # all of its box
+    target = {"boxes": torch.tensor([[16.0, 16.0, 48.0, 48.0], [0.0, 0.0, 8.0, 8.0]]), "labels": torch.tensor([1, 2]),
+              "masks": masks}
+    data = Data(train=[], val=[(torch.rand(3, 64, 64), target)] * 2, val_set=None, num_classes=3)
+    targets = target_crops(data, 28)
+    assert targets.shape == (4, 28, 28)  # every object of every validation image, in order
+    assert (targets[0, :, :13] > 0.5).all() and (targets[0, :, 14:] < 0.5).all()  # the left half of the frame
+    assert (targets[1] > 0.5).float().mean() > 0.8  # nearly all of its frame (its border is soft)
+    assert torch.equal(targets[2:], targets[:2])  # the second image's objects follow the first's
+    full, empty = torch.ones(28, 28), torch.zeros(28, 28)
+    ious = crop_ious(torch.stack([targets[0], full, empty, full]), torch.stack([targets[0], targets[0], full, full]))
+    assert ious.tolist() == pytest.approx([1.0, float((targets[0] > 0.5).float().mean()), 0.0, 1.0])
